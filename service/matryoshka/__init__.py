@@ -1,0 +1,3 @@
+"""matryoshka-rerank: an adaptive early-exit re-ranker with runtime depth and width."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,144 @@
+"""Exit policies: at a scored layer, decide which candidates of one request stop, and why.
+
+Each policy sees the request's candidates as vectors: the latest calibrated probability of every
+candidate (NaN before its first score; exited candidates keep their final one) and which are still
+active. Policies apply in order (depth, confidence, cascade); the budget guard is asked separately
+because it needs the cost model's prediction of the next step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import torch
+from torch import Tensor
+
+from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, Plan
+
+
+class ExitReason(StrEnum):
+    """Why a candidate stopped where it did."""
+
+    DEPTH = "depth"  # reached the plan's depth
+    CONFIDENT_RELEVANT = "confident_relevant"
+    CONFIDENT_IRRELEVANT = "confident_irrelevant"
+    CASCADE = "cascade"  # could no longer reach the top-n
+    STABLE = "stable"  # the top-n set stopped changing
+    BUDGET = "budget"  # the next step would not fit the time or FLOP budget
+
+
+Decisions = dict[int, ExitReason]
+
+
+class FixedDepth:
+    """Everyone still running exits at the plan's depth."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+
+    def decide(self, layer: int, probs: Tensor, active: Tensor) -> Decisions:
+        """All active candidates at or past the depth exit with DEPTH."""
+        if layer < self.depth:
+            return {}
+        return {int(i): ExitReason.DEPTH for i in active.nonzero().flatten()}
+
+
+class ConfidencePolicy:
+    """Asymmetric per-candidate thresholds on calibrated probability."""
+
+    def __init__(self, config: ConfidenceExit) -> None:
+        self.config = config
+
+    def decide(self, layer: int, probs: Tensor, active: Tensor) -> Decisions:
+        """Confident candidates exit; the relevant threshold is meant to be the stricter one."""
+        c = self.config
+        if layer < c.min_layer:
+            return {}
+        out: Decisions = {}
+        if c.relevant is not None:
+            for i in (active & (probs >= c.relevant)).nonzero().flatten():
+                out[int(i)] = ExitReason.CONFIDENT_RELEVANT
+        if c.irrelevant is not None:
+            for i in (active & (probs <= c.irrelevant)).nonzero().flatten():
+                out[int(i)] = ExitReason.CONFIDENT_IRRELEVANT
+        return out
+
+
+class TopNCascade:
+    """Drop candidates that cannot reach the top-n by `margin`; stop once the top-n set is stable."""
+
+    def __init__(self, config: CascadeExit) -> None:
+        self.config = config
+        self._last_top: frozenset[int] | None = None
+        self._stable_for = 0
+
+    def decide(self, layer: int, probs: Tensor, active: Tensor) -> Decisions:
+        """Cascade drops, or everyone left exits STABLE after `patience` unchanged layers."""
+        c = self.config
+        scored = ~torch.isnan(probs)
+        if layer < c.min_layer or int(scored.sum()) <= c.top_n:
+            return {}
+        ranked = torch.where(scored, probs, -math.inf)
+        top = torch.topk(ranked, c.top_n)
+        threshold = float(top.values[-1])
+        out: Decisions = {
+            int(i): ExitReason.CASCADE for i in (active & scored & (probs + c.margin < threshold)).nonzero().flatten()
+        }
+        top_set = frozenset(int(i) for i in top.indices)
+        self._stable_for = self._stable_for + 1 if top_set == self._last_top else 0
+        self._last_top = top_set
+        if self._stable_for >= c.patience:
+            for i in active.nonzero().flatten():
+                out.setdefault(int(i), ExitReason.STABLE)
+        return out
+
+
+@dataclass
+class BudgetGuard:
+    """Stops a request before a step that would overrun its deadline or FLOP allowance."""
+
+    budget: Budget
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time the request must finish by (inf without a time budget)."""
+        return self.started + self.budget.max_seconds if self.budget.max_seconds is not None else math.inf
+
+    def expired(self, now: float | None = None) -> bool:
+        """True once the deadline has passed."""
+        return (now if now is not None else time.monotonic()) >= self.deadline
+
+    def would_overrun(self, next_seconds: float, next_flops: float, spent_flops: float) -> bool:
+        """True if the next step (predicted seconds and FLOPs) would break the budget."""
+        if time.monotonic() + next_seconds > self.deadline:
+            return True
+        limit = self.budget.max_flops
+        return limit is not None and spent_flops + next_flops > limit
+
+
+class ExitSchedule:
+    """The ordered policies of one request's plan, with their per-request state."""
+
+    def __init__(self, plan: Plan) -> None:
+        assert plan.depth is not None, "resolve the plan first"
+        self.depth = plan.depth
+        self.policies: list[FixedDepth | ConfidencePolicy | TopNCascade] = [FixedDepth(plan.depth)]
+        if plan.confidence is not None:
+            self.policies.append(ConfidencePolicy(plan.confidence))
+        if plan.cascade is not None:
+            self.policies.append(TopNCascade(plan.cascade))
+        self.budget = BudgetGuard(plan.budget) if plan.budget is not None else None
+
+    def decide(self, layer: int, probs: Tensor, active: Tensor) -> Decisions:
+        """Decisions of all policies at `layer`; the first policy to claim a candidate names the reason."""
+        out: Decisions = {}
+        remaining = active.clone()
+        for policy in self.policies:
+            for i, reason in policy.decide(layer, probs, remaining).items():
+                out.setdefault(i, reason)
+                remaining[i] = False
+        return out

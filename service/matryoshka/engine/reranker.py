@@ -1,0 +1,146 @@
+"""The in-process API: load a model once, re-rank a query's documents under a plan."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from matryoshka.engine.cost import LatencyModel, Usage
+from matryoshka.engine.executor import EngineError, Executor, Job, JobResult, Outcome
+from matryoshka.engine.exits import ExitReason
+from matryoshka.engine.plan import Plan
+from matryoshka.model.loading import BACKBONES, DEFAULT_BACKBONE, load_backbone
+from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo, Scoring
+from matryoshka.model.prompt import Truncation
+
+ScoreType = Literal["probability", "logit"]
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    """One re-ranked document, identified by its index in the request."""
+
+    index: int
+    score: float
+    exit_layer: int
+    exit_reason: ExitReason
+    document: str | None = None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds spent computing, and in total inside `rerank`."""
+
+    compute_seconds: float
+    total_seconds: float
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """Documents sorted by score (best first), what it cost, and whether the budget cut it short."""
+
+    results: list[RankedDocument]
+    usage: Usage
+    timing: Timing
+    partial: bool
+    model: str
+
+
+class Reranker:
+    """A loaded Matryoshka model and its executor."""
+
+    def __init__(self, model: MatryoshkaModel, *, max_batch_rows: int = 64, max_batch_tokens: int = 16384):
+        self.model = model
+        self.executor = Executor(
+            model, max_batch_rows=max_batch_rows, max_batch_tokens=max_batch_tokens, latency=LatencyModel()
+        )
+
+    @classmethod
+    def load(
+        cls,
+        name: str = DEFAULT_BACKBONE,
+        *,
+        dtype: str = "bfloat16",
+        scoring: Scoring | None = None,
+        head_layers: Sequence[int] | None = None,
+        threads: int | None = None,
+    ) -> Reranker:
+        """Load a packaged backbone offline. Until trained heads ship, decoders score by query
+        likelihood (zero-shot, sensible rankings) unless `scoring="heads"` is asked for."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        loaded = load_backbone(name, DTYPES[dtype])
+        if scoring is None:
+            scoring = "query_likelihood" if BACKBONES[name].family == "decoder" else "heads"
+        return cls(MatryoshkaModel.from_backbone(loaded, scoring=scoring, head_layers=head_layers))
+
+    @property
+    def info(self) -> ModelInfo:
+        """The loaded model's description."""
+        return self.model.info
+
+    def warmup(self) -> None:
+        """Run one small request so kernels are initialised and the latency model has a measurement."""
+        self.rerank("warm up query", ["a short warm-up passage", "another passage"], Plan())
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        plan: Plan | None = None,
+        *,
+        top_n: int | None = None,
+        score_type: ScoreType = "probability",
+        truncation: Truncation | None = None,
+        return_documents: bool = False,
+    ) -> RerankResult:
+        """Score `documents` against `query` under `plan` (default: full depth, full width)."""
+        start = time.perf_counter()
+        if not query.strip():
+            raise ValueError("query must not be empty")
+        resolved = (plan or Plan()).resolve(self.info)
+        job = Job(query, list(documents), resolved, truncation or Truncation())
+        (answer,) = self.executor.run([job])
+        if isinstance(answer, EngineError):
+            raise answer
+        return self.present(answer, documents, top_n, score_type, return_documents, start)
+
+    def present(
+        self,
+        answer: JobResult,
+        documents: Sequence[str],
+        top_n: int | None,
+        score_type: ScoreType,
+        return_documents: bool,
+        start: float,
+    ) -> RerankResult:
+        """Turn executor outcomes into a sorted result."""
+        ranked = sorted(answer.outcomes, key=lambda o: (-o.probability, o.index))
+        if top_n:
+            ranked = ranked[:top_n]
+        results = [self._ranked(o, documents, score_type, return_documents) for o in ranked]
+        return RerankResult(
+            results=results,
+            usage=answer.usage,
+            timing=Timing(answer.compute_seconds, time.perf_counter() - start),
+            partial=answer.partial,
+            model=self.info.name,
+        )
+
+    @staticmethod
+    def _ranked(o: Outcome, documents: Sequence[str], score_type: ScoreType, with_doc: bool) -> RankedDocument:
+        assert o.exit_reason is not None
+        return RankedDocument(
+            index=o.index,
+            score=o.probability if score_type == "probability" else o.logit,
+            exit_layer=o.exit_layer,
+            exit_reason=o.exit_reason,
+            document=documents[o.index] if with_doc else None,
+        )

@@ -1,0 +1,224 @@
+"""Backbones run one layer at a time: decoder LLMs (Llama family) and BERT-style encoders.
+
+A backbone turns token ids into a LayerState at layer 0, applies layer i to a state at layer i-1,
+and exposes what heads and width merging need: the anchor token (whose hidden state is scored),
+its attention row over the keys of a layer, and the normalised hidden state at the anchor.
+Every layer reuses the Hugging Face module itself, so layer-by-layer equals the model's own forward.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+from matryoshka.model.state import LayerState
+
+Family = Literal["decoder", "encoder"]
+
+# Decoder families whose modules share the Llama layout (embed_tokens, layers, norm, rotary_emb).
+DECODER_TYPES = frozenset({"llama", "qwen2", "mistral"})
+ENCODER_TYPES = frozenset({"bert"})
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Backbone(nn.Module):
+    """Common interface; concrete classes wrap one Hugging Face model family."""
+
+    family: Family
+
+    def __init__(self, hf_model: PreTrainedModel) -> None:
+        super().__init__()
+        self.hf_model = hf_model
+        self.config = hf_model.config
+        self.num_layers: int = int(self.config.num_hidden_layers)
+        self.hidden_size: int = int(self.config.hidden_size)
+        self.num_heads: int = int(self.config.num_attention_heads)
+        self.head_dim: int = int(getattr(self.config, "head_dim", None) or self.hidden_size // self.num_heads)
+
+    @staticmethod
+    def wrap(hf_model: PreTrainedModel) -> Backbone:
+        """Wrap a loaded Hugging Face model (a causal LM or a BERT encoder) by its model type."""
+        model_type = hf_model.config.model_type
+        if model_type in DECODER_TYPES:
+            return DecoderBackbone(hf_model)
+        if model_type in ENCODER_TYPES:
+            return EncoderBackbone(hf_model)
+        supported = sorted(DECODER_TYPES | ENCODER_TYPES)
+        raise ValueError(f"unsupported backbone model_type {model_type!r}; supported: {supported}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Parameter dtype of the backbone."""
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device the backbone's parameters live on."""
+        return next(self.hf_model.parameters()).device
+
+    def layer_module(self, layer: int) -> nn.Module:
+        """The module of layer `layer` (1-based, as in the paper)."""
+        raise NotImplementedError
+
+    def matmul_params_per_layer(self) -> int:
+        """Weights a token multiplies through in one layer (for FLOP counts)."""
+        return sum(p.numel() for p in self.layer_module(1).parameters() if p.dim() == 2)
+
+    def embed(self, input_ids: Tensor, mask: Tensor, segments: Tensor, token_types: Tensor) -> LayerState:
+        """Token ids (right-padded) to the layer-0 state."""
+        raise NotImplementedError
+
+    def forward_layer(self, layer: int, state: LayerState) -> LayerState:
+        """Apply layer `layer` (1-based) to a state at layer `layer - 1`."""
+        raise NotImplementedError
+
+    def anchor_index(self, state: LayerState) -> Tensor:
+        """(batch,) index of the token each row is scored at."""
+        raise NotImplementedError
+
+    def anchor_attention(self, layer: int, state: LayerState) -> Tensor:
+        """(batch, length) fp32 attention of the anchor over all keys in layer `layer`, mean over heads.
+
+        Computed from that layer's own q/k projections on its input (q_anchor . K^T), so the model keeps
+        its fused sdpa path; padded keys get weight 0 and each row sums to 1.
+        """
+        raise NotImplementedError
+
+    def pooled(self, state: LayerState) -> Tensor:
+        """(batch, hidden) the anchor's hidden state as a head reads it."""
+        raise NotImplementedError
+
+    def _check_layer(self, layer: int, state: LayerState) -> None:
+        if not 1 <= layer <= self.num_layers:
+            raise ValueError(f"layer {layer} outside 1..{self.num_layers}")
+        if state.layer != layer - 1:
+            raise ValueError(f"layer {layer} needs a state at layer {layer - 1}, got {state.layer}")
+
+    @staticmethod
+    def _masked_softmax_mean(scores: Tensor, key_mask: Tensor) -> Tensor:
+        """scores (batch, heads, length) -> head-mean softmax over the keys allowed by key_mask."""
+        scores = scores.float().masked_fill(~key_mask.unsqueeze(1), float("-inf"))
+        return torch.softmax(scores, dim=-1).mean(dim=1)
+
+
+class DecoderBackbone(Backbone):
+    """Llama-family causal LM (SmolLM2, Llama, Qwen2, Mistral within its sliding window)."""
+
+    family: Family = "decoder"
+
+    def __init__(self, hf_model: PreTrainedModel) -> None:
+        super().__init__(hf_model)
+        inner = hf_model.model
+        self.embed_tokens: nn.Module = inner.embed_tokens
+        self.layers: nn.ModuleList = inner.layers
+        self.norm: nn.Module = inner.norm
+        self.rotary_emb: nn.Module = inner.rotary_emb
+        self.lm_head: nn.Module = hf_model.get_output_embeddings()
+        self.num_kv_heads = int(getattr(self.config, "num_key_value_heads", None) or self.num_heads)
+
+    def layer_module(self, layer: int) -> nn.Module:
+        return self.layers[layer - 1]  # type: ignore[no-any-return]
+
+    def embed(self, input_ids: Tensor, mask: Tensor, segments: Tensor, token_types: Tensor) -> LayerState:
+        hidden = self.embed_tokens(input_ids)
+        return LayerState(hidden=hidden, mask=mask, segments=segments, token_ids=input_ids.masked_fill(~mask, -1), layer=0)
+
+    def _aux(self, state: LayerState) -> tuple[Tensor | None, tuple[Tensor, Tensor]]:
+        if "mask4d" not in state.aux:
+            positions = state.positions
+            state.aux["mask4d"] = create_causal_mask(
+                config=self.config,
+                inputs_embeds=state.hidden,
+                attention_mask=state.mask.long(),
+                past_key_values=None,
+                position_ids=positions,
+            )
+            state.aux["rope"] = self.rotary_emb(state.hidden, position_ids=positions)
+        return state.aux["mask4d"], state.aux["rope"]
+
+    def forward_layer(self, layer: int, state: LayerState) -> LayerState:
+        self._check_layer(layer, state)
+        mask4d, rope = self._aux(state)
+        hidden = self.layers[layer - 1](
+            state.hidden, attention_mask=mask4d, position_ids=state.positions, position_embeddings=rope
+        )
+        return state.advanced(hidden, layer)
+
+    def anchor_index(self, state: LayerState) -> Tensor:
+        return state.lengths - 1  # right padding: the last real token
+
+    def anchor_attention(self, layer: int, state: LayerState) -> Tensor:
+        self._check_layer(layer, state)
+        block = self.layers[layer - 1]
+        attn = block.self_attn
+        _, (cos, sin) = self._aux(state)
+        batch, length, _ = state.hidden.shape
+        rows = torch.arange(batch, device=state.hidden.device)
+        anchor = self.anchor_index(state)
+        normed = block.input_layernorm(state.hidden)
+        q = attn.q_proj(normed[rows, anchor]).view(batch, self.num_heads, self.head_dim)
+        k = attn.k_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim)
+        q = q * cos[rows, anchor].unsqueeze(1) + _rotate_half(q) * sin[rows, anchor].unsqueeze(1)
+        k = k * cos.unsqueeze(2) + _rotate_half(k) * sin.unsqueeze(2)
+        k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)  # (batch, length, heads, dim)
+        scores = torch.einsum("bhd,blhd->bhl", q, k) * attn.scaling
+        causal = torch.arange(length, device=anchor.device).unsqueeze(0) <= anchor.unsqueeze(1)
+        return self._masked_softmax_mean(scores, state.mask & causal)
+
+    def pooled(self, state: LayerState) -> Tensor:
+        rows = torch.arange(state.batch_size, device=state.hidden.device)
+        return self.norm(state.hidden[rows, self.anchor_index(state)])  # type: ignore[no-any-return]
+
+
+class EncoderBackbone(Backbone):
+    """BERT-style bidirectional encoder (MiniLM): the [CLS] token is the anchor."""
+
+    family: Family = "encoder"
+
+    def __init__(self, hf_model: PreTrainedModel) -> None:
+        super().__init__(hf_model)
+        self.embeddings: nn.Module = hf_model.embeddings
+        self.layers: nn.ModuleList = hf_model.encoder.layer
+
+    def layer_module(self, layer: int) -> nn.Module:
+        return self.layers[layer - 1]  # type: ignore[no-any-return]
+
+    def embed(self, input_ids: Tensor, mask: Tensor, segments: Tensor, token_types: Tensor) -> LayerState:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_types, position_ids=positions)
+        return LayerState(hidden=hidden, mask=mask, segments=segments, token_ids=input_ids.masked_fill(~mask, -1), layer=0)
+
+    def _mask4d(self, state: LayerState) -> Tensor | None:
+        if "mask4d" not in state.aux:
+            state.aux["mask4d"] = create_bidirectional_mask(
+                config=self.config, inputs_embeds=state.hidden, attention_mask=state.mask.long()
+            )
+        return state.aux["mask4d"]  # type: ignore[no-any-return]
+
+    def forward_layer(self, layer: int, state: LayerState) -> LayerState:
+        self._check_layer(layer, state)
+        hidden = self.layers[layer - 1](state.hidden, attention_mask=self._mask4d(state))
+        return state.advanced(hidden, layer)
+
+    def anchor_index(self, state: LayerState) -> Tensor:
+        return torch.zeros(state.batch_size, dtype=torch.long, device=state.hidden.device)
+
+    def anchor_attention(self, layer: int, state: LayerState) -> Tensor:
+        self._check_layer(layer, state)
+        attn = self.layers[layer - 1].attention.self
+        batch, length, _ = state.hidden.shape
+        q = attn.query(state.hidden[:, 0]).view(batch, self.num_heads, self.head_dim)
+        k = attn.key(state.hidden).view(batch, length, self.num_heads, self.head_dim)
+        scores = torch.einsum("bhd,blhd->bhl", q, k) * attn.scaling
+        return self._masked_softmax_mean(scores, state.mask)
+
+    def pooled(self, state: LayerState) -> Tensor:
+        return state.hidden[:, 0]

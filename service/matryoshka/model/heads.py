@@ -1,0 +1,135 @@
+"""Scoring heads: a relevance score for every row at any layer that has a head.
+
+Two scorers share one interface:
+- `HeadScorer`: per-layer linear heads on the anchor's hidden state (paper eq. 5). Decoder heads start
+  from the lm_head row of "Yes" and read the final-normed state; encoder heads read [CLS].
+- `QueryLikelihoodScorer`: zero-shot mean log p(query | passage) through the LM head (UPR), usable
+  before any head is trained and as the full-depth teacher signal.
+Both carry a per-layer calibration (temperature, bias) so that probabilities mean the same at
+every layer: p = sigmoid(logit / temperature + bias); identity (1, 0) until fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from matryoshka.model.backbone import Backbone, DecoderBackbone
+from matryoshka.model.state import LayerState, Segment
+
+
+class Calibration(nn.Module):
+    """Per-layer temperature and bias mapping raw logits to calibrated probabilities."""
+
+    def __init__(self, layers: Sequence[int]) -> None:
+        super().__init__()
+        self.layers = tuple(layers)
+        self._slot = {layer: i for i, layer in enumerate(self.layers)}
+        self.register_buffer("temperature", torch.ones(len(self.layers)))
+        self.register_buffer("bias", torch.zeros(len(self.layers)))
+
+    def set(self, layer: int, temperature: float, bias: float) -> None:
+        """Store the fitted parameters of one layer."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature[self._slot[layer]] = temperature
+        self.bias[self._slot[layer]] = bias
+
+    def calibrated_logits(self, layer: int, logits: Tensor) -> Tensor:
+        """logit / temperature + bias for `layer`."""
+        slot = self._slot[layer]
+        return logits.float() / self.temperature[slot] + self.bias[slot]
+
+    def probability(self, layer: int, logits: Tensor) -> Tensor:
+        """Calibrated probability of relevance."""
+        return torch.sigmoid(self.calibrated_logits(layer, logits))
+
+
+class Scorer(nn.Module):
+    """Scores rows of a state at a head layer; `head_layers` lists where it can."""
+
+    name: str = "scorer"
+
+    def __init__(self, backbone: Backbone, head_layers: Sequence[int]) -> None:
+        super().__init__()
+        layers = tuple(sorted(set(head_layers)))
+        bad = [layer for layer in layers if not 1 <= layer <= backbone.num_layers]
+        if not layers or bad:
+            raise ValueError(f"head layers must be a non-empty subset of 1..{backbone.num_layers}, got {bad}")
+        self.backbone = backbone
+        self.head_layers = layers
+        self.calibration = Calibration(layers)
+
+    def logits(self, state: LayerState) -> Tensor:
+        """(batch,) fp32 raw scores at the state's layer."""
+        raise NotImplementedError
+
+    def flops_per_row(self, query_tokens: int) -> int:
+        """Multiply-adds x2 one row's score costs."""
+        raise NotImplementedError
+
+    def _check(self, state: LayerState) -> None:
+        if state.layer not in self.calibration._slot:
+            raise ValueError(f"no head at layer {state.layer}; heads at {list(self.head_layers)}")
+
+
+class HeadScorer(Scorer):
+    """Linear relevance heads, one per head layer."""
+
+    name = "heads"
+
+    def __init__(self, backbone: Backbone, head_layers: Sequence[int], yes_token_id: int | None = None):
+        super().__init__(backbone, head_layers)
+        hidden = backbone.hidden_size
+        self.heads = nn.ModuleDict({str(layer): nn.Linear(hidden, 1) for layer in self.head_layers})
+        with torch.no_grad():
+            for head in self.heads.values():
+                if yes_token_id is not None and isinstance(backbone, DecoderBackbone):
+                    # Paper: the score is the "Yes" logit; every layer's head starts from that row.
+                    head.weight.copy_(backbone.lm_head.weight[yes_token_id].float().unsqueeze(0))
+                else:
+                    nn.init.normal_(head.weight, std=hidden**-0.5)
+                head.bias.zero_()
+
+    def logits(self, state: LayerState) -> Tensor:
+        self._check(state)
+        head = self.heads[str(state.layer)]
+        pooled = self.backbone.pooled(state).to(head.weight.dtype)
+        return head(pooled).squeeze(-1).float()  # type: ignore[no-any-return]
+
+    def flops_per_row(self, query_tokens: int) -> int:
+        return 2 * self.backbone.hidden_size
+
+
+class QueryLikelihoodScorer(Scorer):
+    """Mean log-probability of the query tokens given everything before them (decoders only)."""
+
+    name = "query_likelihood"
+
+    def __init__(self, backbone: Backbone, head_layers: Sequence[int] | None = None) -> None:
+        if not isinstance(backbone, DecoderBackbone):
+            raise ValueError("query-likelihood scoring needs a decoder backbone with an LM head")
+        super().__init__(backbone, head_layers or (backbone.num_layers,))
+        self.decoder = backbone
+
+    def logits(self, state: LayerState) -> Tensor:
+        self._check(state)
+        is_query = state.segments == Segment.QUERY
+        # Token t is predicted by the hidden state at t - 1.
+        predicts = torch.zeros_like(is_query)
+        predicts[:, :-1] = is_query[:, 1:]
+        hidden = self.decoder.norm(state.hidden[predicts])
+        log_probs = torch.log_softmax(self.decoder.lm_head(hidden).float(), dim=-1)
+        targets = state.token_ids[:, 1:][is_query[:, 1:]]
+        token_lp = log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+        rows = torch.arange(state.batch_size, device=state.hidden.device)
+        row_of = rows.unsqueeze(1).expand_as(predicts)[predicts]
+        total = torch.zeros(state.batch_size, device=token_lp.device).index_add_(0, row_of, token_lp)
+        count = is_query[:, 1:].sum(dim=1).clamp(min=1)
+        return total / count
+
+    def flops_per_row(self, query_tokens: int) -> int:
+        vocab = int(self.decoder.lm_head.weight.shape[0])
+        return 2 * query_tokens * self.backbone.hidden_size * vocab
