@@ -24,7 +24,7 @@ from transformers import (
 
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 
-WORDS = (
+WORDS = (  # noqa: SIM905 - a word list reads best as prose
     "[PAD] [UNK] [CLS] [SEP] Yes No A B : . ? Passage Question Please write a question based on this passage "
     "Predict whether contains an answer to query Answer or the cat sat mat dog ran park sun is hot star "
     "what where who how why when which paris france capital city river water blue sky green tree"

@@ -28,11 +28,11 @@ class EngineError(Exception):
     """A request the engine could not answer."""
 
 
-class BudgetExceeded(EngineError):
+class BudgetExceededError(EngineError):
     """The budget ran out before the first head layer, so there is no partial answer to give."""
 
 
-class RequestCancelled(EngineError):
+class RequestCancelledError(EngineError):
     """The caller cancelled; the request stopped at a layer boundary."""
 
 
@@ -121,7 +121,9 @@ class Executor:
         self.max_batch_tokens = max_batch_tokens
         self.latency = latency or LatencyModel()
 
-    def run(self, jobs: Sequence[Job], on_stage: StageCallback | None = None) -> list[JobResult | EngineError]:
+    def run(
+        self, jobs: Sequence[Job], on_stage: StageCallback | None = None
+    ) -> list[JobResult | EngineError]:
         """Run jobs together; each gets a JobResult, or the EngineError that ended it."""
         with torch.inference_mode():
             return _Run(self, jobs, on_stage).execute()
@@ -156,7 +158,9 @@ class _Run:
                 if cached is None:
                     fresh.append((row, pair))
                 elif cached.layer > job.plan.depth:
-                    raise ValueError(f"document {index}: cached state at layer {cached.layer} is past the depth")
+                    raise ValueError(
+                        f"document {index}: cached state at layer {cached.layer} is past the depth"
+                    )
                 else:
                     self.pending.setdefault(cached.layer, []).append((row, cached))
             self.runs.append(run)
@@ -254,10 +258,12 @@ class _Run:
             if run.error is not None or not bool(self.active[run.first : run.first + run.count].any()):
                 continue
             if run.job.cancelled is not None and run.job.cancelled():
-                self._fail(run, RequestCancelled(f"cancelled before layer {layer}"))
+                self._fail(run, RequestCancelledError(f"cancelled before layer {layer}"))
             elif run.schedule.budget is not None and not run.scored_once and run.schedule.budget.expired():
                 first = min((h for h in self.head_layers if run.scores_at(h, self.head_layers)), default=0)
-                self._fail(run, BudgetExceeded(f"the budget ran out before the first head layer ({first})"))
+                self._fail(
+                    run, BudgetExceededError(f"the budget ran out before the first head layer ({first})")
+                )
 
     def _fail(self, run: _JobRun, error: EngineError) -> None:
         run.error = error

@@ -85,7 +85,8 @@ class TopNCascade:
         top = torch.topk(ranked, c.top_n)
         threshold = float(top.values[-1])
         out: Decisions = {
-            int(i): ExitReason.CASCADE for i in (active & scored & (probs + c.margin < threshold)).nonzero().flatten()
+            int(i): ExitReason.CASCADE
+            for i in (active & scored & (probs + c.margin < threshold)).nonzero().flatten()
         }
         top_set = frozenset(int(i) for i in top.indices)
         self._stable_for = self._stable_for + 1 if top_set == self._last_top else 0

@@ -83,9 +83,15 @@ class Plan:
         add = violations.append
         depth = self.depth if self.depth is not None else info.num_layers
         if not 1 <= depth <= info.num_layers:
-            add(FieldViolation("depth", f"must be within 1..{info.num_layers} for model {info.name}, got {depth}"))
+            add(
+                FieldViolation(
+                    "depth", f"must be within 1..{info.num_layers} for model {info.name}, got {depth}"
+                )
+            )
         elif depth not in info.head_layers:
             add(FieldViolation("depth", f"layer {depth} has no head; heads at {list(info.head_layers)}"))
+        if not 1 <= depth <= info.num_layers:
+            depth = info.num_layers  # judge the other fields against the model, not a broken depth
         _check_width(self.width, depth, add)
         if self.confidence is not None:
             _check_confidence(self.confidence, depth, add)
@@ -95,7 +101,7 @@ class Plan:
             _check_budget(self.budget, add)
         if violations:
             raise PlanError(violations)
-        return replace(self, depth=depth, width=dict(sorted(self.width.items())))
+        return replace(self, depth=self.depth or info.num_layers, width=dict(sorted(self.width.items())))
 
 
 def _finite(x: float) -> bool:
@@ -110,7 +116,9 @@ def _check_width(width: Mapping[int, WidthTarget], depth: int, add: Callback) ->
         if (target.ratio is None) == (target.length is None):
             add(FieldViolation(where, "set exactly one of ratio or length"))
         if not 1 <= layer < depth:
-            add(FieldViolation(where, f"merge layer must be within 1..{depth - 1} (before the depth {depth})"))
+            add(
+                FieldViolation(where, f"merge layer must be within 1..{depth - 1} (before the depth {depth})")
+            )
         if target.ratio is not None and not (_finite(target.ratio) and target.ratio >= 1):
             add(FieldViolation(f"{where}.ratio", f"must be a finite number >= 1, got {target.ratio}"))
         if target.length is not None:
@@ -149,7 +157,11 @@ def _check_confidence(c: ConfidenceExit, depth: int, add: Callback) -> None:
         and _finite(c.irrelevant)
         and not c.irrelevant < c.relevant
     ):
-        add(FieldViolation("confidence.irrelevant", f"must be below relevant ({c.relevant}), got {c.irrelevant}"))
+        add(
+            FieldViolation(
+                "confidence.irrelevant", f"must be below relevant ({c.relevant}), got {c.irrelevant}"
+            )
+        )
     _check_min_layer(c.min_layer, depth, "confidence.min_layer", add)
 
 
@@ -170,5 +182,3 @@ def _check_budget(b: Budget, add: Callback) -> None:
         add(FieldViolation("budget.max_seconds", f"must be a finite number > 0, got {b.max_seconds}"))
     if b.max_flops is not None and not (_finite(b.max_flops) and b.max_flops > 0):
         add(FieldViolation("budget.max_flops", f"must be a finite number > 0, got {b.max_flops}"))
-
-

@@ -135,7 +135,9 @@ class Reranker:
         )
 
     @staticmethod
-    def _ranked(o: Outcome, documents: Sequence[str], score_type: ScoreType, with_doc: bool) -> RankedDocument:
+    def _ranked(
+        o: Outcome, documents: Sequence[str], score_type: ScoreType, with_doc: bool
+    ) -> RankedDocument:
         assert o.exit_reason is not None
         return RankedDocument(
             index=o.index,

@@ -8,7 +8,7 @@ Every layer reuses the Hugging Face module itself, so layer-by-layer equals the 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -117,11 +117,11 @@ class DecoderBackbone(Backbone):
     def __init__(self, hf_model: PreTrainedModel) -> None:
         super().__init__(hf_model)
         inner = hf_model.model
-        self.embed_tokens: nn.Module = inner.embed_tokens
-        self.layers: nn.ModuleList = inner.layers
-        self.norm: nn.Module = inner.norm
-        self.rotary_emb: nn.Module = inner.rotary_emb
-        self.lm_head: nn.Module = hf_model.get_output_embeddings()
+        self.embed_tokens: Any = inner.embed_tokens
+        self.layers: Any = inner.layers
+        self.norm: Any = inner.norm
+        self.rotary_emb: Any = inner.rotary_emb
+        self.lm_head: Any = hf_model.get_output_embeddings()
         self.num_kv_heads = int(getattr(self.config, "num_key_value_heads", None) or self.num_heads)
 
     def layer_module(self, layer: int) -> nn.Module:
@@ -129,7 +129,9 @@ class DecoderBackbone(Backbone):
 
     def embed(self, input_ids: Tensor, mask: Tensor, segments: Tensor, token_types: Tensor) -> LayerState:
         hidden = self.embed_tokens(input_ids)
-        return LayerState(hidden=hidden, mask=mask, segments=segments, token_ids=input_ids.masked_fill(~mask, -1), layer=0)
+        return LayerState(
+            hidden=hidden, mask=mask, segments=segments, token_ids=input_ids.masked_fill(~mask, -1), layer=0
+        )
 
     def _aux(self, state: LayerState) -> tuple[Tensor | None, tuple[Tensor, Tensor]]:
         if "mask4d" not in state.aux:
@@ -157,7 +159,7 @@ class DecoderBackbone(Backbone):
 
     def anchor_attention(self, layer: int, state: LayerState) -> Tensor:
         self._check_layer(layer, state)
-        block = self.layers[layer - 1]
+        block: Any = self.layers[layer - 1]
         attn = block.self_attn
         _, (cos, sin) = self._aux(state)
         batch, length, _ = state.hidden.shape
@@ -185,8 +187,9 @@ class EncoderBackbone(Backbone):
 
     def __init__(self, hf_model: PreTrainedModel) -> None:
         super().__init__(hf_model)
-        self.embeddings: nn.Module = hf_model.embeddings
-        self.layers: nn.ModuleList = hf_model.encoder.layer
+        encoder: Any = hf_model
+        self.embeddings: Any = encoder.embeddings
+        self.layers: Any = encoder.encoder.layer
 
     def layer_module(self, layer: int) -> nn.Module:
         return self.layers[layer - 1]  # type: ignore[no-any-return]
@@ -194,7 +197,9 @@ class EncoderBackbone(Backbone):
     def embed(self, input_ids: Tensor, mask: Tensor, segments: Tensor, token_types: Tensor) -> LayerState:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_types, position_ids=positions)
-        return LayerState(hidden=hidden, mask=mask, segments=segments, token_ids=input_ids.masked_fill(~mask, -1), layer=0)
+        return LayerState(
+            hidden=hidden, mask=mask, segments=segments, token_ids=input_ids.masked_fill(~mask, -1), layer=0
+        )
 
     def _mask4d(self, state: LayerState) -> Tensor | None:
         if "mask4d" not in state.aux:
@@ -213,7 +218,7 @@ class EncoderBackbone(Backbone):
 
     def anchor_attention(self, layer: int, state: LayerState) -> Tensor:
         self._check_layer(layer, state)
-        attn = self.layers[layer - 1].attention.self
+        attn: Any = self.layers[layer - 1].attention.self
         batch, length, _ = state.hidden.shape
         q = attn.query(state.hidden[:, 0]).view(batch, self.num_heads, self.head_dim)
         k = attn.key(state.hidden).view(batch, length, self.num_heads, self.head_dim)

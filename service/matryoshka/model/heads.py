@@ -12,6 +12,7 @@ every layer: p = sigmoid(logit / temperature + bias); identity (1, 0) until fitt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,9 @@ from matryoshka.model.state import LayerState, Segment
 
 class Calibration(nn.Module):
     """Per-layer temperature and bias mapping raw logits to calibrated probabilities."""
+
+    temperature: Tensor
+    bias: Tensor
 
     def __init__(self, layers: Sequence[int]) -> None:
         super().__init__()
@@ -85,7 +89,8 @@ class HeadScorer(Scorer):
         hidden = backbone.hidden_size
         self.heads = nn.ModuleDict({str(layer): nn.Linear(hidden, 1) for layer in self.head_layers})
         with torch.no_grad():
-            for head in self.heads.values():
+            for module in self.heads.values():
+                head: Any = module
                 if yes_token_id is not None and isinstance(backbone, DecoderBackbone):
                     # Paper: the score is the "Yes" logit; every layer's head starts from that row.
                     head.weight.copy_(backbone.lm_head.weight[yes_token_id].float().unsqueeze(0))
@@ -95,7 +100,7 @@ class HeadScorer(Scorer):
 
     def logits(self, state: LayerState) -> Tensor:
         self._check(state)
-        head = self.heads[str(state.layer)]
+        head: Any = self.heads[str(state.layer)]
         pooled = self.backbone.pooled(state).to(head.weight.dtype)
         return head(pooled).squeeze(-1).float()  # type: ignore[no-any-return]
 
@@ -111,7 +116,9 @@ class QueryLikelihoodScorer(Scorer):
     def __init__(self, backbone: Backbone, head_layers: Sequence[int] | None = None) -> None:
         if not isinstance(backbone, DecoderBackbone):
             raise ValueError("query-likelihood scoring needs a decoder backbone with an LM head")
-        super().__init__(backbone, head_layers or (backbone.num_layers,))
+        # Any layer can be read through the final norm and LM head ("logit lens"); the executor only
+        # pays for the layers a plan scores at, and intermediate layers are weak until trained.
+        super().__init__(backbone, head_layers or range(1, backbone.num_layers + 1))
         self.decoder = backbone
 
     def logits(self, state: LayerState) -> Tensor:

