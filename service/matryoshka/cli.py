@@ -1,10 +1,10 @@
-"""Command line: `matryoshka rerank | bench`."""
+"""Command line: `matryoshka serve | rerank | bench`."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,11 +17,11 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figure
 app.add_typer(bench_app, name="bench")
 
 
-def parse_width(specs: list[str]) -> dict[int, object]:
+def parse_width(specs: list[str]) -> dict[int, Any]:
     """Parse LAYER:RATIO (e.g. 8:2) or LAYER:=LENGTH (e.g. 8:=128) width targets."""
     from matryoshka.model.width import WidthTarget
 
-    width: dict[int, object] = {}
+    width: dict[int, Any] = {}
     for spec in specs:
         layer, _, value = spec.partition(":")
         try:
@@ -38,36 +38,103 @@ def parse_width(specs: list[str]) -> dict[int, object]:
 def rerank(
     query: str,
     documents: list[str],
-    model: Annotated[str, typer.Option(help="Backbone to load.")] = DEFAULT_BACKBONE,
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of a server; in process without it.")] = None,
+    model: Annotated[str, typer.Option(help="Backbone (in process) or served model name.")] = "",
     depth: Annotated[int | None, typer.Option(help="Last layer to run (default: all).")] = None,
     width: Annotated[list[str] | None, typer.Option(help="LAYER:RATIO or LAYER:=LENGTH, repeatable.")] = None,
     top_n: Annotated[int, typer.Option(help="Return the best N (0 = all).")] = 0,
-    dtype: Annotated[str, typer.Option(help="bfloat16 or float32.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float32 (in process).")] = "bfloat16",
+    timeout: Annotated[float | None, typer.Option(help="Deadline in seconds (with --target).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
 ) -> None:
-    """Re-rank DOCUMENTS for QUERY in process and print the ranking."""
+    """Re-rank DOCUMENTS for QUERY, in process or through a server (--target), and print the ranking."""
+    steps = parse_width(width or [])
+    payload = (
+        _rerank_remote(target, query, documents, model, depth, steps, top_n, timeout)
+        if target
+        else _rerank_local(query, documents, model or DEFAULT_BACKBONE, depth, steps, top_n, dtype)
+    )
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2, default=str))
+        return
+    for rank, doc in enumerate(payload["results"], 1):
+        typer.echo(
+            f"{rank:>3}. [{doc['index']}] {doc['score']:.4f} layer {doc['exit_layer']} ({doc['exit_reason']})"
+            f" {doc['document']}"
+        )
+    typer.echo(f"FLOPs saved {payload['usage']['flops_saved']:.1%}")
+
+
+def _rerank_local(
+    query: str,
+    documents: list[str],
+    model: str,
+    depth: int | None,
+    steps: dict[int, Any],
+    top_n: int,
+    dtype: str,
+) -> dict[str, Any]:
     from matryoshka.engine.plan import Plan, PlanError
     from matryoshka.engine.reranker import Reranker
 
     reranker = Reranker.load(model, dtype=dtype)
     try:
-        plan = Plan(depth=depth, width=parse_width(width or []))  # type: ignore[arg-type]
+        plan = Plan(depth=depth, width=steps)
         result = reranker.rerank(query, documents, plan, top_n=top_n or None, return_documents=True)
     except PlanError as exc:
         for v in exc.violations:
-            typer.echo(f"invalid {v.field}: {v.description}", err=True)
+            typer.echo(f"INVALID_ARGUMENT {v.field}: {v.description}", err=True)
         raise typer.Exit(2) from exc
-    if as_json:
-        payload = asdict(result)
-        payload["usage"]["flops_saved"] = result.usage.flops_saved
-        typer.echo(json.dumps(payload, indent=2, default=str))
-        return
-    for rank, doc in enumerate(result.results, 1):
-        typer.echo(
-            f"{rank:>3}. [{doc.index}] {doc.score:.4f} layer {doc.exit_layer} ({doc.exit_reason})"
-            f" {doc.document}"
-        )
-    typer.echo(f"FLOPs saved {result.usage.flops_saved:.1%}, compute {result.timing.compute_seconds:.2f}s")
+    payload = asdict(result)
+    payload["usage"]["flops_saved"] = result.usage.flops_saved
+    return payload
+
+
+def _rerank_remote(
+    target: str,
+    query: str,
+    documents: list[str],
+    model: str,
+    depth: int | None,
+    steps: dict[int, Any],
+    top_n: int,
+    timeout: float | None,
+) -> dict[str, Any]:
+    from matryoshka_client import RerankClient, RerankError, WidthStep
+
+    width = [WidthStep(layer, ratio=t.ratio, length=t.length) for layer, t in sorted(steps.items())]
+    try:
+        with RerankClient(target, timeout=timeout) as client:
+            result = client.rerank(
+                query, documents, model=model, depth=depth, width=width, top_n=top_n, return_documents=True
+            )
+    except RerankError as exc:
+        typer.echo(f"{exc.code.name}: {exc.message}", err=True)
+        for v in exc.field_violations:
+            typer.echo(f"  {v.field}: {v.description}", err=True)
+        raise typer.Exit(1) from exc
+    return asdict(result)
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="gRPC port (0 = any free port).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port.")] = None,
+    model: Annotated[str | None, typer.Option(help="Backbone to serve.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="bfloat16 or float32.")] = None,
+) -> None:
+    """Serve matryoshka.v1.RerankService (settings also from MATRYOSHKA_* environment variables)."""
+    import asyncio
+    import logging
+
+    from matryoshka.server.app import serve as run_server
+    from matryoshka.server.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flags = {"port": port, "host": host, "metrics_port": metrics_port, "model": model, "dtype": dtype}
+    settings = Settings.model_validate({k: v for k, v in flags.items() if v is not None})
+    asyncio.run(run_server(settings))
 
 
 @bench_app.command("engine")

@@ -47,6 +47,7 @@ class Job:
     resume: Mapping[int, RowState] = field(default_factory=dict)  # document index -> cached state
     keep_states: bool = False  # hand back each row's state at its exit layer
     cancelled: Callable[[], bool] | None = None
+    deadline: float | None = None  # absolute time.monotonic() the answer is due by (a gRPC deadline)
 
 
 @dataclass
@@ -101,7 +102,8 @@ class _JobRun:
 
     def scores_at(self, layer: int, head_layers: tuple[int, ...]) -> bool:
         depth = self.schedule.depth
-        return layer == depth or (self.job.plan.adaptive and layer in head_layers and layer < depth)
+        adaptive = self.job.plan.adaptive or self.job.deadline is not None
+        return layer == depth or (adaptive and layer in head_layers and layer < depth)
 
 
 class Executor:
@@ -147,7 +149,8 @@ class _Run:
                 raise ValueError("jobs need resolved plans (Plan.resolve)")
             pairs = self.model.encode(job.query, list(job.documents), job.truncation)
             query_tokens = sum(s == Segment.QUERY for s in pairs[0].segments) if pairs else 0
-            run = _JobRun(job, len(tokens), len(pairs), ExitSchedule(job.plan), query_tokens)
+            schedule = ExitSchedule(job.plan, job.deadline)
+            run = _JobRun(job, len(tokens), len(pairs), schedule, query_tokens)
             lengths = torch.tensor([len(p.input_ids) for p in pairs], dtype=torch.long)
             run.usage.full_flops = ex.flops.full(lengths, query_tokens)
             for index, pair in enumerate(pairs):

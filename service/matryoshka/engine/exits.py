@@ -103,11 +103,13 @@ class BudgetGuard:
 
     budget: Budget
     started: float = field(default_factory=time.monotonic)
+    hard_deadline: float = math.inf  # an absolute monotonic deadline from the caller (e.g. gRPC)
 
     @property
     def deadline(self) -> float:
-        """Monotonic time the request must finish by (inf without a time budget)."""
-        return self.started + self.budget.max_seconds if self.budget.max_seconds is not None else math.inf
+        """Monotonic time the request must finish by (inf without any time limit)."""
+        own = self.started + self.budget.max_seconds if self.budget.max_seconds is not None else math.inf
+        return min(own, self.hard_deadline)
 
     def expired(self, now: float | None = None) -> bool:
         """True once the deadline has passed."""
@@ -124,7 +126,7 @@ class BudgetGuard:
 class ExitSchedule:
     """The ordered policies of one request's plan, with their per-request state."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, deadline: float | None = None) -> None:
         assert plan.depth is not None, "resolve the plan first"
         self.depth = plan.depth
         self.policies: list[FixedDepth | ConfidencePolicy | TopNCascade] = [FixedDepth(plan.depth)]
@@ -132,7 +134,10 @@ class ExitSchedule:
             self.policies.append(ConfidencePolicy(plan.confidence))
         if plan.cascade is not None:
             self.policies.append(TopNCascade(plan.cascade))
-        self.budget = BudgetGuard(plan.budget) if plan.budget is not None else None
+        self.budget: BudgetGuard | None = None
+        if plan.budget is not None or deadline is not None:
+            hard = deadline if deadline is not None else math.inf
+            self.budget = BudgetGuard(plan.budget or Budget(), hard_deadline=hard)
 
     def decide(self, layer: int, probs: Tensor, active: Tensor) -> Decisions:
         """Decisions of all policies at `layer`; the first policy to claim a candidate names the reason."""

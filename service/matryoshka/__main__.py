@@ -1,0 +1,5 @@
+"""`python -m matryoshka` = the `matryoshka` command."""
+
+from matryoshka.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""The gRPC service: validates and translates requests, maps errors to statuses; runs no torch itself."""

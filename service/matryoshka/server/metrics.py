@@ -1,0 +1,39 @@
+"""Prometheus metrics for the service (served on their own HTTP port)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class Metrics:
+    """The service's instruments, in a registry of their own (tests can build many)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "matryoshka_requests", "RPCs by method and status code", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "matryoshka_request_seconds",
+            "RPC latency",
+            ["method"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.exit_layer = Histogram(
+            "matryoshka_exit_layer", "Layer each document exited at", buckets=tuple(range(1, 65)), registry=r
+        )
+        self.flops_saved = Histogram(
+            "matryoshka_flops_saved_ratio",
+            "Share of full-depth FLOPs a request did not spend",
+            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.documents = Counter("matryoshka_documents", "Documents re-ranked", registry=r)
+        self.queue_depth = Gauge("matryoshka_queue_depth", "Requests waiting or running", registry=r)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Expose /metrics over HTTP; returns the bound port."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)

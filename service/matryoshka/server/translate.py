@@ -1,0 +1,194 @@
+"""Wire -> engine: validate a RerankRequest and translate it into a plan the engine runs.
+
+Every violation names the request's own proto field path (e.g. `early_exit.confidence.relevant`,
+`width[1].ratio`, `documents[3].text`), all of them at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, FieldViolation, Plan, PlanError
+from matryoshka.engine.reranker import ScoreType
+from matryoshka.model.matryoshka_model import ModelInfo
+from matryoshka.model.prompt import Truncation
+from matryoshka.model.width import WidthTarget
+from matryoshka.server.settings import Settings
+from matryoshka_client.proto import rerank_service_pb2 as pb
+
+
+class InvalidRequest(ValueError):  # noqa: N818 - the gRPC status it maps to is INVALID_ARGUMENT
+    """A request that breaks the contract; `violations` name proto field paths."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+
+
+@dataclass(frozen=True)
+class RerankCall:
+    """A validated request in engine terms."""
+
+    model: str
+    query: str
+    documents: list[str]
+    ids: list[str]
+    plan: Plan  # resolved against the model
+    truncation: Truncation
+    top_n: int | None
+    score_type: ScoreType
+    return_documents: bool
+    request_id: str
+
+
+def to_call(
+    req: pb.RerankRequest, models: dict[str, ModelInfo], default_model: str, settings: Settings
+) -> RerankCall:
+    """Validate `req` and translate it; raises InvalidRequest listing every problem."""
+    v: list[FieldViolation] = []
+    add = v.append
+    name = req.model or default_model
+    info = models.get(name)
+    if info is None:
+        add(FieldViolation("model", f"unknown model {req.model!r}; served: {sorted(models)}"))
+    if not req.query.strip():
+        add(FieldViolation("query", "must not be empty"))
+    elif len(req.query.encode()) > settings.max_query_bytes:
+        add(FieldViolation("query", f"longer than {settings.max_query_bytes} bytes"))
+    if not req.documents:
+        add(FieldViolation("documents", "at least one document is required"))
+    elif len(req.documents) > settings.max_documents:
+        add(FieldViolation("documents", f"{len(req.documents)} documents; at most {settings.max_documents}"))
+    for i, doc in enumerate(req.documents):
+        if not doc.text.strip():
+            add(FieldViolation(f"documents[{i}].text", "must not be empty"))
+        elif len(doc.text.encode()) > settings.max_document_bytes:
+            add(FieldViolation(f"documents[{i}].text", f"longer than {settings.max_document_bytes} bytes"))
+    size = req.ByteSize()
+    if size > settings.max_request_bytes:
+        add(FieldViolation("documents", f"request is {size} bytes; at most {settings.max_request_bytes}"))
+    if req.top_n < 0:
+        add(FieldViolation("top_n", f"must be >= 0, got {req.top_n}"))
+    if req.depth < 0:
+        add(FieldViolation("depth", f"must be >= 0 (0 = full depth), got {req.depth}"))
+    if len(req.request_id) > 128:
+        add(FieldViolation("request_id", "at most 128 characters"))
+    truncation = _truncation(req, settings, add)
+    width = _width(req, add)
+    confidence, cascade = _early_exit(req, add)
+    budget = _budget(req, add)
+    if v or info is None:
+        raise InvalidRequest(v)
+    plan = Plan(depth=req.depth or None, width=width, confidence=confidence, cascade=cascade, budget=budget)
+    try:
+        resolved = plan.resolve(info)
+    except PlanError as exc:
+        raise InvalidRequest([_wire_field(x, req) for x in exc.violations]) from exc
+    return RerankCall(
+        model=name,
+        query=req.query,
+        documents=[d.text for d in req.documents],
+        ids=[d.id for d in req.documents],
+        plan=resolved,
+        truncation=truncation,
+        top_n=req.top_n or None,
+        score_type="logit" if req.score_type == pb.SCORE_TYPE_LOGIT else "probability",
+        return_documents=req.return_documents,
+        request_id=req.request_id,
+    )
+
+
+Add = Callable[[FieldViolation], None]
+
+
+def _truncation(req: pb.RerankRequest, s: Settings, add: Add) -> Truncation:
+    t = req.truncation
+    if not 0 <= t.max_query_tokens <= s.max_query_tokens:
+        add(FieldViolation("truncation.max_query_tokens", f"must be within 0..{s.max_query_tokens}"))
+    if not 0 <= t.max_document_tokens <= s.max_document_tokens:
+        add(FieldViolation("truncation.max_document_tokens", f"must be within 0..{s.max_document_tokens}"))
+    return Truncation(
+        max_query_tokens=max(t.max_query_tokens, 0) or s.max_query_tokens,
+        max_passage_tokens=max(t.max_document_tokens, 0) or s.default_document_tokens,
+        side="start" if t.side == pb.TRUNCATION_SIDE_START else "end",
+    )
+
+
+def _width(req: pb.RerankRequest, add: Add) -> dict[int, WidthTarget]:
+    width: dict[int, WidthTarget] = {}
+    for i, step in enumerate(req.width):
+        kind = step.WhichOneof("target")
+        if kind is None:
+            add(FieldViolation(f"width[{i}]", "set ratio or length"))
+        elif step.layer in width:
+            add(FieldViolation(f"width[{i}].layer", f"layer {step.layer} appears twice"))
+        elif kind == "ratio":
+            width[step.layer] = WidthTarget(ratio=step.ratio)
+        else:
+            width[step.layer] = WidthTarget(length=step.length)
+    return width
+
+
+def _early_exit(req: pb.RerankRequest, add: Add) -> tuple[ConfidenceExit | None, CascadeExit | None]:
+    confidence = cascade = None
+    ee = req.early_exit
+    if ee.HasField("confidence"):
+        c = ee.confidence
+        both_unset = not c.HasField("relevant") and not c.HasField("irrelevant")
+        default = ConfidenceExit()
+        confidence = ConfidenceExit(
+            relevant=c.relevant if c.HasField("relevant") else (default.relevant if both_unset else None),
+            irrelevant=c.irrelevant
+            if c.HasField("irrelevant")
+            else (default.irrelevant if both_unset else None),
+            min_layer=c.min_layer or 1,
+        )
+    if ee.HasField("cascade"):
+        c2 = ee.cascade
+        top_n = c2.top_n or req.top_n
+        if top_n <= 0:
+            add(FieldViolation("early_exit.cascade.top_n", "set it, or the request's top_n (both are 0)"))
+        cascade = CascadeExit(
+            top_n=max(top_n, 1),
+            margin=c2.margin if c2.HasField("margin") else CascadeExit(top_n=1).margin,
+            patience=c2.patience or CascadeExit(top_n=1).patience,
+            min_layer=c2.min_layer or 1,
+        )
+    return confidence, cascade
+
+
+def _budget(req: pb.RerankRequest, add: Add) -> Budget | None:
+    if not req.HasField("budget"):
+        return None
+    b = req.budget
+    seconds = None
+    if b.HasField("max_latency"):
+        seconds = b.max_latency.seconds + b.max_latency.nanos / 1e9
+        if not seconds > 0:
+            add(FieldViolation("budget.max_latency", f"must be > 0, got {seconds}s"))
+    flops = b.max_flops if b.HasField("max_flops") else None
+    if flops is not None and not (math.isfinite(flops) and flops > 0):
+        add(FieldViolation("budget.max_flops", f"must be a finite number > 0, got {flops}"))
+    if seconds is None and flops is None:
+        add(FieldViolation("budget", "set max_latency and/or max_flops"))
+    return Budget(max_seconds=seconds, max_flops=flops)
+
+
+_RENAMES = {"confidence": "early_exit.confidence", "cascade": "early_exit.cascade"}
+
+
+def _wire_field(v: FieldViolation, req: pb.RerankRequest) -> FieldViolation:
+    """Engine field names -> the request's proto paths."""
+    name = v.field
+    head, _, rest = name.partition(".")
+    if head in _RENAMES:
+        name = _RENAMES[head] + (f".{rest}" if rest else "")
+    elif name == "budget.max_seconds":
+        name = "budget.max_latency"
+    elif head.startswith("width[") and head.endswith("]"):
+        layer = int(head[len("width[") : -1])
+        index = next((i for i, s in enumerate(req.width) if s.layer == layer), layer)
+        name = f"width[{index}]" + (f".{rest}" if rest else "")
+    return FieldViolation(name, v.description)

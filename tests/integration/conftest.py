@@ -1,0 +1,107 @@
+"""Real servers: `python -m matryoshka serve` subprocesses on free loopback ports, real weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A server subprocess and its address."""
+
+    process: subprocess.Popen[str]
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def health(self, timeout: float = 1.0) -> int | None:
+        """The overall health status, or None when the port does not answer yet."""
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout
+                )
+            except grpc.RpcError:
+                return None
+        return int(reply.status)
+
+    def wait_serving(self, timeout: float = 300.0) -> list[int | None]:
+        """Poll health until SERVING; returns every status seen on the way."""
+        seen: list[int | None] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}: {self.process.stdout.read()}"
+                )  # type: ignore[union-attr]
+            status = self.health()
+            if not seen or seen[-1] != status:
+                seen.append(status)
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return seen
+            time.sleep(0.05)
+        raise TimeoutError(f"server not SERVING after {timeout}s; saw {seen}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def launch(**env: str) -> ServerProcess:
+    """Start a server with MATRYOSHKA_* settings from `env` (not waiting for it)."""
+    port = free_port()
+    environ = {**os.environ, "MATRYOSHKA_PORT": str(port), "MATRYOSHKA_DTYPE": "float32", **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "matryoshka", "serve"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return ServerProcess(process, port)
+
+
+@pytest.fixture(scope="session")
+def default_server() -> Iterator[ServerProcess]:
+    """The embedded default model as `matryoshka serve` runs it (query-likelihood scoring)."""
+    server = launch()
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def heads_server() -> Iterator[ServerProcess]:
+    """SmolLM2 with per-layer heads: cheap scores at every layer (budgets, cancellation, limits)."""
+    server = launch(MATRYOSHKA_SCORING="heads", MATRYOSHKA_MAX_DOCUMENTS="64", MATRYOSHKA_MAX_QUEUE="8")
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,189 @@
+"""The gRPC service end to end: real server processes on loopback, real SmolLM2 weights."""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from matryoshka_client import Budget, RerankClient, RerankError, WidthStep
+from matryoshka_client.proto import rerank_service_pb2 as pb
+from matryoshka_client.proto import rerank_service_pb2_grpc as pb_grpc
+from tests.integration.conftest import ServerProcess, launch
+
+pytestmark = pytest.mark.slow
+
+QUERY = "who wrote romeo and juliet"
+DOCS = [
+    "The speed of light in vacuum is about 300,000 km per second.",
+    "Bananas are rich in potassium.",
+    "Romeo and Juliet is a tragedy written by William Shakespeare early in his career.",
+    "The stock market fell sharply on Monday.",
+]
+LONG_DOC = " ".join(["Rivers carry water from mountains to the sea through valleys and plains."] * 12)
+
+
+def test_rerank_ranks_the_answer_first(default_server: ServerProcess) -> None:
+    with RerankClient(default_server.target) as client:
+        result = client.rerank(QUERY, DOCS, request_id="r-1")
+    assert result.results[0].index == 2
+    assert sorted(d.index for d in result.results) == [0, 1, 2, 3]
+    assert all(d.exit_layer == 30 and d.exit_reason == "depth" for d in result.results)
+    assert result.model == "smollm2-135m"
+    assert result.request_id == "r-1"
+    assert result.usage.flops > 0
+    assert not result.partial
+    assert all(d.document is None for d in result.results)
+
+
+def test_top_n_and_return_documents(default_server: ServerProcess) -> None:
+    with RerankClient(default_server.target) as client:
+        result = client.rerank(
+            QUERY, [("a", DOCS[0]), ("b", DOCS[2]), ("c", DOCS[1])], top_n=1, return_documents=True
+        )
+    assert len(result.results) == 1
+    best = result.results[0]
+    assert (best.index, best.id, best.document) == (1, "b", DOCS[2])
+
+
+def test_depth_and_width_cut_cost(default_server: ServerProcess) -> None:
+    with RerankClient(default_server.target) as client:
+        full = client.rerank(QUERY, DOCS)
+        cut = client.rerank(QUERY, DOCS, depth=20, width=[WidthStep(8, ratio=2.0)])
+    assert all(d.exit_layer == 20 for d in cut.results)
+    assert cut.usage.flops_saved > 0.3 > full.usage.flops_saved
+
+
+def test_stream_rerank_sends_stages_then_a_final_answer(heads_server: ServerProcess) -> None:
+    with RerankClient(heads_server.target) as client:
+        stages = list(client.stream_rerank(QUERY, DOCS, depth=6, budget=Budget(max_flops=1e15)))
+    assert len(stages) >= 2
+    *progress, final = stages
+    assert final.final
+    assert not any(s.final for s in progress)
+    assert [s.layer for s in progress] == sorted(s.layer for s in progress)
+    assert all(len(s.results) == len(DOCS) for s in stages)
+    assert final.usage is not None
+    assert final.usage.flops > 0
+    assert all(d.exit_reason for d in final.results)
+
+
+def test_get_model_info(default_server: ServerProcess) -> None:
+    with RerankClient(default_server.target) as client:
+        (info,) = client.model_info()
+    assert (info.name, info.num_layers, info.is_default) == ("smollm2-135m", 30, True)
+    assert len(info.fingerprint) == 64
+
+
+def test_reflection_lists_the_service(default_server: ServerProcess) -> None:
+    with grpc.insecure_channel(default_server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (reply,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"matryoshka.v1.RerankService", "grpc.health.v1.Health"} <= names
+
+
+BAD_INPUTS = [
+    ("empty query", {"query": "  "}, "query"),
+    ("no documents", {"documents": []}, "documents"),
+    ("too many documents", {"documents": ["x"] * 65}, "documents"),
+    ("1 MB document", {"documents": ["a" * (1 << 20)]}, "documents[0].text"),
+    ("depth beyond the model", {"depth": 31}, "depth"),
+    ("increasing widths", {"width": [WidthStep(4, length=40), WidthStep(8, length=60)]}, "width[1].length"),
+    ("ratio below one", {"width": [WidthStep(4, ratio=0.5)]}, "width[0].ratio"),
+    ("unknown model", {"model": "no-such-model"}, "model"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "field"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_invalid_argument_naming_the_field(
+    heads_server: ServerProcess, case: str, change: dict, field: str
+) -> None:
+    args = {"query": QUERY, "documents": DOCS, **change}
+    query, documents = args.pop("query"), args.pop("documents")
+    with RerankClient(heads_server.target) as client:
+        with pytest.raises(RerankError) as err:
+            client.rerank(query, documents, **args)
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT, case
+        assert field in {v.field for v in err.value.field_violations}, err.value.field_violations
+        assert client.rerank(QUERY, DOCS[:2], depth=2).results  # still serving
+
+
+def test_nan_threshold_is_invalid_argument(heads_server: ServerProcess) -> None:
+    request = pb.RerankRequest(query=QUERY, documents=[pb.Document(text=d) for d in DOCS])
+    request.early_exit.confidence.relevant = math.nan
+    with grpc.insecure_channel(heads_server.target) as channel, pytest.raises(grpc.RpcError) as err:
+        pb_grpc.RerankServiceStub(channel).Rerank(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "early_exit.confidence.relevant" in err.value.details()
+
+
+def test_a_short_deadline_returns_partial_results(heads_server: ServerProcess) -> None:
+    documents = [f"{i} {LONG_DOC}" for i in range(16)]
+    with RerankClient(heads_server.target) as client:
+        full = client.rerank(QUERY, documents, timeout=120)
+        assert full.timing.compute_seconds > 1.0, "the full request must need longer than the deadline"
+        quick = client.rerank(QUERY, documents, timeout=0.3)
+    assert quick.partial
+    assert len(quick.results) == len(documents)
+    assert all(d.exit_reason == "budget" and d.exit_layer < 30 for d in quick.results)
+
+
+def test_cancellation_frees_the_engine(heads_server: ServerProcess) -> None:
+    documents = [f"{i} {LONG_DOC}" for i in range(48)]
+    with grpc.insecure_channel(heads_server.target) as channel:
+        stub = pb_grpc.RerankServiceStub(channel)
+        request = pb.RerankRequest(query=QUERY, documents=[pb.Document(text=d) for d in documents])
+        started = time.monotonic()
+        future = stub.Rerank.future(request, timeout=300)
+        time.sleep(0.5)
+        assert future.cancel()
+        small = stub.Rerank(
+            pb.RerankRequest(query=QUERY, documents=[pb.Document(text=DOCS[2])], depth=2), timeout=60
+        )
+        elapsed = time.monotonic() - started
+    assert len(small.results) == 1
+    with RerankClient(heads_server.target) as client:
+        full = client.rerank(QUERY, documents[:8], depth=30, timeout=300)
+    # the whole 48-document request would take ~6x the 8-document one; cancelled, it stopped early
+    assert elapsed < 6 * full.timing.compute_seconds
+
+
+def test_health_transitions_and_sigterm_drain() -> None:
+    server = launch(MATRYOSHKA_SCORING="heads")
+    try:
+        seen = server.wait_serving()
+        assert seen[-1] == health_pb2.HealthCheckResponse.SERVING
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in seen, seen  # bound before the model was warm
+        outcome: dict[str, object] = {}
+
+        def in_flight() -> None:
+            with RerankClient(server.target) as client:
+                try:
+                    outcome["result"] = client.rerank(
+                        QUERY, [f"{i} {LONG_DOC}" for i in range(24)], timeout=120
+                    )
+                except RerankError as exc:
+                    outcome["error"] = exc
+
+        worker = threading.Thread(target=in_flight)
+        worker.start()
+        time.sleep(0.7)
+        with grpc.insecure_channel(server.target) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            server.process.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        worker.join(120)
+        assert "result" in outcome, outcome
+        assert len(outcome["result"].results) == 24  # type: ignore[attr-defined]
+        assert server.process.wait(60) == 0
+    finally:
+        server.stop()
