@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test lint stubs bench demo clean
+.PHONY: setup test lint stubs bench serve demo clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,9 @@ test: setup lint
 
 bench: setup
 	$(VENV)/bin/matryoshka bench engine --json
+
+serve: setup
+	VENV=$(VENV) PORT=$(or $(PORT),50051) scripts/serve.sh
 
 demo: setup
 	$(VENV)/bin/matryoshka rerank "who wrote romeo and juliet" \

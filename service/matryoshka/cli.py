@@ -45,10 +45,15 @@ def rerank(
     top_n: Annotated[int, typer.Option(help="Return the best N (0 = all).")] = 0,
     dtype: Annotated[str, typer.Option(help="bfloat16 or float32 (in process).")] = "bfloat16",
     timeout: Annotated[float | None, typer.Option(help="Deadline in seconds (with --target).")] = None,
+    wait_ready: Annotated[
+        float, typer.Option(help="With --target: wait up to this many seconds for the server to be SERVING.")
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
 ) -> None:
     """Re-rank DOCUMENTS for QUERY, in process or through a server (--target), and print the ranking."""
     steps = parse_width(width or [])
+    if target and wait_ready > 0:
+        _wait_serving(target, wait_ready)
     payload = (
         _rerank_remote(target, query, documents, model, depth, steps, top_n, timeout)
         if target
@@ -114,6 +119,28 @@ def _rerank_remote(
             typer.echo(f"  {v.field}: {v.description}", err=True)
         raise typer.Exit(1) from exc
     return asdict(result)
+
+
+def _wait_serving(target: str, seconds: float) -> None:
+    """Poll the standard health service until it reports SERVING, or exit non-zero."""
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + seconds
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)
+    typer.echo(f"UNAVAILABLE: {target} was not SERVING within {seconds:g}s", err=True)
+    raise typer.Exit(1)
 
 
 @app.command()
