@@ -28,6 +28,7 @@ class ServerProcess:
 
     process: subprocess.Popen[str]
     port: int
+    env: dict[str, str]
 
     @property
     def target(self) -> str:
@@ -82,7 +83,7 @@ def launch(**env: str) -> ServerProcess:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    return ServerProcess(process, port)
+    return ServerProcess(process, port, env)
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +100,12 @@ def default_server() -> Iterator[ServerProcess]:
 @pytest.fixture(scope="session")
 def heads_server() -> Iterator[ServerProcess]:
     """SmolLM2 with per-layer heads: cheap scores at every layer (budgets, cancellation, limits)."""
-    server = launch(MATRYOSHKA_SCORING="heads", MATRYOSHKA_MAX_DOCUMENTS="64", MATRYOSHKA_MAX_QUEUE="8")
+    server = launch(
+        MATRYOSHKA_SCORING="heads",
+        MATRYOSHKA_MAX_DOCUMENTS="64",
+        MATRYOSHKA_MAX_QUEUE="8",
+        MATRYOSHKA_METRICS_PORT=str(free_port()),
+    )
     try:
         server.wait_serving()
         yield server

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -187,3 +191,32 @@ def test_health_transitions_and_sigterm_drain() -> None:
         assert server.process.wait(60) == 0
     finally:
         server.stop()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "matryoshka", "rerank", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_rerank_through_the_server(heads_server: ServerProcess) -> None:
+    ok = cli("--target", heads_server.target, "--depth", "4", "--json", QUERY, *DOCS)
+    assert ok.returncode == 0, ok.stderr
+    payload = json.loads(ok.stdout)
+    assert sorted(r["index"] for r in payload["results"]) == [0, 1, 2, 3]
+    assert {r["exit_layer"] for r in payload["results"]} == {4}
+    bad = cli("--target", heads_server.target, "--depth", "99", "--width", "2:0.5", QUERY, *DOCS)
+    assert bad.returncode != 0
+    assert "INVALID_ARGUMENT" in bad.stderr
+    assert "depth:" in bad.stderr
+    assert "width[0].ratio:" in bad.stderr
+
+
+def test_metrics_count_requests_and_exit_layers(heads_server: ServerProcess) -> None:
+    with RerankClient(heads_server.target) as client:
+        client.rerank(QUERY, DOCS, depth=3)
+    port = int(heads_server.env["MATRYOSHKA_METRICS_PORT"])
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'matryoshka_requests_total{code="OK",method="Rerank"}' in body
+    assert 'matryoshka_exit_layer_bucket{le="3.0"}' in body
+    assert "matryoshka_queue_depth" in body
