@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,15 @@ class RerankResult:
     timing: Timing
     partial: bool
     model: str
+
+
+def rank(outcomes: Sequence[Outcome], top_n: int | None = None) -> list[Outcome]:
+    """Best first by calibrated probability (ties: lower index first), cut to `top_n`; rows not yet
+    scored (NaN, possible in stage snapshots) are left out."""
+    ranked = sorted(
+        (o for o in outcomes if not math.isnan(o.probability)), key=lambda o: (-o.probability, o.index)
+    )
+    return ranked[:top_n] if top_n else ranked
 
 
 class Reranker:
@@ -122,10 +132,9 @@ class Reranker:
         start: float,
     ) -> RerankResult:
         """Turn executor outcomes into a sorted result."""
-        ranked = sorted(answer.outcomes, key=lambda o: (-o.probability, o.index))
-        if top_n:
-            ranked = ranked[:top_n]
-        results = [self._ranked(o, documents, score_type, return_documents) for o in ranked]
+        results = [
+            self._ranked(o, documents, score_type, return_documents) for o in rank(answer.outcomes, top_n)
+        ]
         return RerankResult(
             results=results,
             usage=answer.usage,

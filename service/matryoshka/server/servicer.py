@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from matryoshka.engine.executor import Job, JobResult, Outcome
 from matryoshka.engine.exits import ExitReason
-from matryoshka.engine.reranker import Reranker
+from matryoshka.engine.reranker import Reranker, rank
 from matryoshka.engine.scheduler import Scheduler
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.server.errors import DrainingError, NotReadyError, abort, status_code
@@ -210,13 +210,8 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
     def _results(
         self, call: RerankCall, outcomes: list[Outcome], running_ok: bool = False
     ) -> list[pb.RerankResult]:
-        ranked = sorted(
-            (o for o in outcomes if not math.isnan(o.probability)), key=lambda o: (-o.probability, o.index)
-        )
-        if call.top_n:
-            ranked = ranked[: call.top_n]
         out = []
-        for o in ranked:
+        for o in rank(outcomes, call.top_n):
             kwargs: dict[str, Any] = {}
             if call.return_documents:
                 kwargs["document"] = call.documents[o.index]
