@@ -113,3 +113,16 @@ def test_default_cache_dir_from_env(
     assert len(list((tmp_path / "env-cache" / "bm25").iterdir())) == 1
     monkeypatch.delenv(CACHE_ENV)
     assert default_cache_dir() == Path.home() / ".cache" / "matryoshka"
+
+
+def test_run_file_queries_it_lacks_are_empty_or_omitted(collection: Collection, tmp_path: Path) -> None:
+    runs = collection.root / "runs"
+    runs.mkdir()
+    (runs / "part.trec").write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0 t\nq3 Q0 d7 1 5.0 t\n")
+    assert first_stage(collection, "runs/part.trec", "test", 10) == {
+        "q1": {"d1": 2.0, "d2": 1.0},
+        "q2": {},
+        "q3": {"d7": 5.0},
+    }
+    omitted = first_stage(collection, "runs/part.trec", "test", 1, missing="omit")
+    assert omitted == {"q1": {"d1": 2.0}, "q3": {"d7": 5.0}}

@@ -199,3 +199,19 @@ def test_reranker_sorts_truncates_and_returns_documents(llama_model: MatryoshkaM
     with pytest.raises(ValueError, match="query"):
         reranker.rerank("  ", PASSAGES)
     assert reranker.rerank(QUERY, []).results == []
+
+
+def test_adaptive_plans_score_only_where_an_exit_is_allowed(llama_model: MatryoshkaModel) -> None:
+    """Below the first allowed exit layer nothing can act on a score, so none is computed."""
+    stages: list[int] = []
+    plan = Plan(confidence=ConfidenceExit(relevant=None, irrelevant=0.0, min_layer=3)).resolve(
+        llama_model.info
+    )
+    Executor(llama_model).run([Job(QUERY, PASSAGES, plan)], on_stage=lambda j, layer, o: stages.append(layer))
+    assert stages == [3, 4]
+    budgeted = Plan(budget=Budget(max_flops=1e18)).resolve(llama_model.info)
+    stages.clear()
+    Executor(llama_model).run(
+        [Job(QUERY, PASSAGES, budgeted)], on_stage=lambda j, layer, o: stages.append(layer)
+    )
+    assert stages == [1, 2, 3, 4]  # a budget may cut anywhere, so every head layer is scored

@@ -101,9 +101,18 @@ class _JobRun:
         return range(self.first, self.first + self.count)
 
     def scores_at(self, layer: int, head_layers: tuple[int, ...]) -> bool:
+        """Score at the depth; earlier only at head layers where this job can act on a score: from
+        its first allowed exit on, or everywhere when a budget or deadline may need a partial answer."""
         depth = self.schedule.depth
-        adaptive = self.job.plan.adaptive or self.job.deadline is not None
-        return layer == depth or (adaptive and layer in head_layers and layer < depth)
+        if layer == depth:
+            return True
+        if layer > depth or layer not in head_layers:
+            return False
+        plan = self.job.plan
+        if plan.budget is not None or self.job.deadline is not None:
+            return True
+        policies = [p for p in (plan.confidence, plan.cascade) if p is not None]
+        return bool(policies) and layer >= min(p.min_layer for p in policies)
 
 
 class Executor:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import bm25s  # type: ignore[import-untyped]
 import numpy as np
@@ -152,11 +152,13 @@ def first_stage(
     *,
     settings: BM25Settings | None = None,
     cache_dir: Path | None = None,
+    missing: Literal["empty", "omit"] = "empty",
 ) -> Run:
     """Top-`k` candidates for every query judged in `split`: BM25 for spec "bm25", else a TREC run file.
 
     A relative run path that does not exist as given is looked up under the collection folder (e.g.
-    "runs/bm25.top100.trec"). Queries the run file lacks get an empty candidate list.
+    "runs/bm25.top100.trec"). Queries the run file lacks get an empty candidate list, or with
+    `missing="omit"` no entry (trec_eval then leaves them out of the means). BM25 answers every query.
     """
     query_ids = collection.query_ids(split)
     if spec == "bm25":
@@ -165,6 +167,8 @@ def first_stage(
     if not path.is_absolute() and not path.exists() and (collection.root / path).exists():
         path = collection.root / path
     run = read_run(path, collection)
+    if missing == "omit":
+        query_ids = [qid for qid in query_ids if qid in run]
     return truncate_run({qid: run.get(qid, {}) for qid in query_ids}, k)
 
 

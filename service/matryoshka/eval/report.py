@@ -1,0 +1,266 @@
+"""First stage vs re-ranked under named plans: metrics, cost and "rel perf" (the paper's Table 4).
+
+Named plans, built from the model's shape (L = num_layers):
+- `full`: every layer, full width.
+- `light`: depth L // 2, the passage halved (WidthTarget(ratio=2.0)) after layer max(1, L // 4), i.e.
+  "half depth + 50% width from a quarter of the depth" (for SmolLM2-135M: depth 15, merge after 7).
+- `adaptive`: full depth and width with a confidence exit from half depth on: a candidate stops at the
+  first head layer >= L // 2 where its calibrated probability is <= 0.02 ("confidently irrelevant")
+  or >= 0.99 ("confidently relevant"). These are the ConfidenceExit defaults the service uses; the
+  asymmetry is the paper's (exit early on clear negatives, conservatively on positives). Starting at
+  half depth keeps weak early layers from deciding. Thresholds and start layer are options.
+Depths snap to the nearest head layer at or below the wanted one (every layer has a head by default).
+
+rel perf = (metric(plan) - metric(first_stage)) / (metric(full) - metric(first_stage)): the share of
+the full plan's gain over the first stage that a plan keeps (None when full gains nothing or is absent).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from matryoshka.engine.plan import ConfidenceExit, Plan
+from matryoshka.engine.reranker import Reranker
+from matryoshka.eval.datasets import Run, write_run
+from matryoshka.eval.metrics import evaluate
+from matryoshka.eval.rerank_run import EvalInput, RerankUsage, rerank_run
+from matryoshka.model.matryoshka_model import ModelInfo
+from matryoshka.model.width import WidthTarget
+
+FIRST_STAGE = "first_stage"
+PLAN_NAMES = ("full", "light", "adaptive")
+DEFAULT_PLANS = PLAN_NAMES
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    """The adaptive plan's thresholds; `min_layer` None means half the model's depth."""
+
+    relevant: float | None = 0.99
+    irrelevant: float | None = 0.02
+    min_layer: int | None = None
+
+
+def head_at_or_below(info: ModelInfo, layer: int) -> int:
+    """The deepest head layer <= `layer`, or the shallowest head layer if none is that shallow."""
+    below = [h for h in info.head_layers if h <= layer]
+    return max(below) if below else min(info.head_layers)
+
+
+def light_plan(info: ModelInfo) -> Plan:
+    """Half depth, passage halved after a quarter of the depth (no merge if that is not before the depth)."""
+    depth = head_at_or_below(info, max(1, info.num_layers // 2))
+    merge_at = max(1, info.num_layers // 4)
+    width = {merge_at: WidthTarget(ratio=2.0)} if merge_at < depth else {}
+    return Plan(depth=depth, width=width)
+
+
+def adaptive_plan(info: ModelInfo, exits: ExitConfig | None = None) -> Plan:
+    """Full depth with a confidence exit from `exits.min_layer` (default: half depth) on."""
+    exits = exits or ExitConfig()
+    min_layer = exits.min_layer if exits.min_layer is not None else max(1, info.num_layers // 2)
+    return Plan(
+        confidence=ConfidenceExit(relevant=exits.relevant, irrelevant=exits.irrelevant, min_layer=min_layer)
+    )
+
+
+def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> Plan:
+    """The plan called `name` (one of PLAN_NAMES) for this model."""
+    if name == "full":
+        return Plan()
+    if name == "light":
+        return light_plan(info)
+    if name == "adaptive":
+        return adaptive_plan(info, exits)
+    raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLAN_NAMES)}")
+
+
+def parse_plan_names(spec: str) -> list[str]:
+    """A comma list of plan names ("" = none: first stage only); unknown or repeated names are errors."""
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    unknown = [n for n in names if n not in PLAN_NAMES]
+    if unknown:
+        raise ValueError(f"unknown plan(s) {', '.join(unknown)}; choose from {', '.join(PLAN_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"plan names repeat in {spec!r}")
+    return names
+
+
+def describe_plan(plan: Plan) -> str:
+    """A short human description, e.g. "depth 15, width /2 after 7"."""
+    parts = [f"depth {plan.depth}" if plan.depth is not None else "full depth"]
+    for layer, target in sorted(plan.width.items()):
+        parts.append(f"width /{target.ratio:g} after {layer}" if target.ratio else f"width ={target.length}")
+    if plan.confidence is not None:
+        c = plan.confidence
+        parts.append(f"exit p<={c.irrelevant} or p>={c.relevant} from layer {c.min_layer}")
+    if plan.cascade is not None:
+        parts.append(f"cascade top {plan.cascade.top_n}")
+    return ", ".join(parts)
+
+
+def rel_perf(value: float, first_stage: float, full: float) -> float | None:
+    """Share of the full plan's gain over the first stage that `value` keeps (None: no gain to share)."""
+    gain = full - first_stage
+    if not math.isfinite(gain) or abs(gain) < 1e-12:
+        return None
+    return (value - first_stage) / gain
+
+
+@dataclass
+class SystemResult:
+    """One row of the comparison: the first stage (no usage, no plan) or a re-ranked plan."""
+
+    name: str
+    metrics: dict[str, float]
+    usage: RerankUsage | None = None
+    plan: Plan | None = None
+    run_path: Path | None = None
+
+
+def build_report(systems: Sequence[SystemResult], data: EvalInput | None = None) -> dict[str, dict[str, Any]]:
+    """The JSON object: system name -> metrics, rel_perf per metric, cost and where the run went."""
+    by_name = {s.name: s for s in systems}
+    first = by_name.get(FIRST_STAGE)
+    full = by_name.get("full")
+    report: dict[str, dict[str, Any]] = {}
+    for system in systems:
+        entry: dict[str, Any] = dict(system.metrics)
+        entry["rel_perf"] = {
+            metric: (
+                rel_perf(value, first.metrics[metric], full.metrics[metric])
+                if first is not None and full is not None
+                else None
+            )
+            for metric, value in system.metrics.items()
+        }
+        if system.usage is not None:
+            u = system.usage
+            entry.update(
+                queries=u.queries,
+                pairs=u.pairs,
+                flops_saved=u.flops_saved,
+                pairs_per_s=u.pairs_per_second,
+                seconds=u.seconds,
+                flops=u.flops,
+                full_flops=u.full_flops,
+                mean_exit_layer=u.mean_exit_layer,
+                exit_reasons=dict(sorted(u.exit_reasons.items())),
+            )
+        elif data is not None:
+            entry.update(
+                queries=len(data.query_ids),
+                source=data.first_stage,
+                top_k=data.top_k,
+                relevance_level=data.relevance_level,
+            )
+        if system.plan is not None:
+            entry["plan"] = asdict(system.plan)
+            entry["plan_description"] = describe_plan(system.plan)
+        entry["run_file"] = str(system.run_path) if system.run_path is not None else None
+        report[system.name] = entry
+    return report
+
+
+def compare(
+    reranker: Reranker | None,
+    data: EvalInput,
+    plans: Mapping[str, Plan],
+    *,
+    out_dir: Path | None = None,
+    queries_per_batch: int | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate the first stage and each plan on the same top-k lists; write a TREC run per system.
+    `reranker` may be None only when there are no plans (first stage only)."""
+    if plans and reranker is None:
+        raise ValueError("plans need a reranker")
+    systems = [
+        SystemResult(
+            FIRST_STAGE,
+            _evaluate(data.candidates, data),
+            run_path=_write(data.candidates, out_dir, FIRST_STAGE),
+        )
+    ]
+    for name, plan in plans.items():
+        assert reranker is not None
+        resolved = plan.resolve(reranker.info)
+        result = rerank_run(
+            reranker,
+            data.collection,
+            data.candidates,
+            data.query_ids,
+            resolved,
+            top_k=data.top_k,
+            queries_per_batch=queries_per_batch,
+            progress=progress,
+            desc=name,
+        )
+        systems.append(
+            SystemResult(
+                name,
+                _evaluate(result.run, data),
+                usage=result.usage,
+                plan=resolved,
+                run_path=_write(result.run, out_dir, name),
+            )
+        )
+    return build_report(systems, data)
+
+
+def _evaluate(run: Run, data: EvalInput) -> dict[str, float]:
+    return evaluate(run, data.qrels, relevance_level=data.relevance_level)
+
+
+def _write(run: Run, out_dir: Path | None, name: str) -> Path | None:
+    if out_dir is None:
+        return None
+    path = out_dir / f"{name}.trec"
+    write_run(run, path, tag=f"matryoshka-{name}")
+    return path
+
+
+_COLUMNS = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@100": "R@100", "map": "MAP"}
+
+
+def format_table(report: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
+    """A fixed-width table: metrics, rel perf on nDCG@10, FLOPs saved, pairs/s and mean exit layer."""
+    metric_names = [m for m in _COLUMNS if any(m in row for row in report.values())]
+    header = [
+        "system",
+        *(_COLUMNS[m] for m in metric_names),
+        "rel perf",
+        "FLOPs saved",
+        "pairs/s",
+        "exit layer",
+        "plan",
+    ]
+    lines: list[list[str]] = []
+    for name, row in report.items():
+        rel = row.get("rel_perf", {}).get("ndcg@10")
+        cells = [name, *(f"{row[m]:.4f}" for m in metric_names)]
+        cells.append("-" if rel is None or name == FIRST_STAGE else f"{rel:.1%}")
+        if "flops_saved" in row:
+            cells += [
+                f"{row['flops_saved']:.1%}",
+                f"{row['pairs_per_s']:.2f}",
+                f"{row['mean_exit_layer']:.1f}",
+            ]
+        else:
+            cells += ["-", "-", "-"]
+        cells.append(row.get("plan_description", f"{row.get('source', '')} top-{row.get('top_k', '?')}"))
+        lines.append(cells)
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+
+    def fmt(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        middle = [c.rjust(w) for c, w in zip(cells[1:-1], widths[1:-1], strict=True)]
+        return "  ".join([first, *middle, cells[-1]]).rstrip()
+
+    out = [title] if title else []
+    out += [fmt(header), *(fmt(cells) for cells in lines)]
+    return "\n".join(out)
