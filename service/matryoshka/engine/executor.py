@@ -108,9 +108,9 @@ class _JobRun:
             return True
         if layer > depth or layer not in head_layers:
             return False
-        plan = self.job.plan
-        if plan.budget is not None or self.job.deadline is not None:
+        if self.schedule.budget is not None:  # a budget or a deadline
             return True
+        plan = self.job.plan
         policies = [p for p in (plan.confidence, plan.cascade) if p is not None]
         return bool(policies) and layer >= min(p.min_layer for p in policies)
 

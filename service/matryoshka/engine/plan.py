@@ -82,7 +82,8 @@ class Plan:
         violations: list[FieldViolation] = []
         add = violations.append
         depth = self.depth if self.depth is not None else info.num_layers
-        if not 1 <= depth <= info.num_layers:
+        depth_ok = 1 <= depth <= info.num_layers
+        if not depth_ok:
             add(
                 FieldViolation(
                     "depth", f"must be within 1..{info.num_layers} for model {info.name}, got {depth}"
@@ -90,18 +91,18 @@ class Plan:
             )
         elif depth not in info.head_layers:
             add(FieldViolation("depth", f"layer {depth} has no head; heads at {list(info.head_layers)}"))
-        if not 1 <= depth <= info.num_layers:
-            depth = info.num_layers  # judge the other fields against the model, not a broken depth
-        _check_width(self.width, depth, add)
+        # Judge the other fields against the model, not against a broken depth.
+        bound = depth if depth_ok else info.num_layers
+        _check_width(self.width, bound, add)
         if self.confidence is not None:
-            _check_confidence(self.confidence, depth, add)
+            _check_confidence(self.confidence, bound, add)
         if self.cascade is not None:
-            _check_cascade(self.cascade, depth, add)
+            _check_cascade(self.cascade, bound, add)
         if self.budget is not None:
             _check_budget(self.budget, add)
         if violations:
             raise PlanError(violations)
-        return replace(self, depth=self.depth or info.num_layers, width=dict(sorted(self.width.items())))
+        return replace(self, depth=depth, width=dict(sorted(self.width.items())))
 
 
 def _finite(x: float) -> bool:

@@ -6,13 +6,12 @@ import logging
 from typing import NoReturn
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from matryoshka.engine.executor import BudgetExceededError, RequestCancelledError
 from matryoshka.engine.scheduler import QueueFullError
-from matryoshka.server.translate import InvalidRequest
+from matryoshka.server.translate import InvalidRequest, to_duration
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def to_status(exc: BaseException, *, log_internal: bool = True) -> status_pb2.St
         )
         return _status(code_pb2.INVALID_ARGUMENT, f"invalid request: {exc}", bad)
     if isinstance(exc, QueueFullError):
-        retry = error_details_pb2.RetryInfo(retry_delay=_duration(exc.retry_after))
+        retry = error_details_pb2.RetryInfo(retry_delay=to_duration(exc.retry_after))
         return _status(code_pb2.RESOURCE_EXHAUSTED, str(exc), retry)
     if isinstance(exc, BudgetExceededError):
         return _status(code_pb2.DEADLINE_EXCEEDED, str(exc))
@@ -68,9 +67,3 @@ def _status(code: int, message: str, *details: object) -> status_pb2.Status:
     for d in details:
         status.details.add().Pack(d)
     return status
-
-
-def _duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d

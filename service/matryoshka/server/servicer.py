@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from matryoshka.engine.executor import Job, JobResult, Outcome
 from matryoshka.engine.exits import ExitReason
@@ -20,19 +19,13 @@ from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.server.errors import DrainingError, NotReadyError, abort, status_code
 from matryoshka.server.metrics import Metrics
 from matryoshka.server.settings import Settings
-from matryoshka.server.translate import RerankCall, to_call
+from matryoshka.server.translate import RerankCall, to_call, to_duration
 from matryoshka_client.proto import rerank_service_pb2 as pb
 from matryoshka_client.proto import rerank_service_pb2_grpc as pb_grpc
 
 EXIT_REASONS = {reason: pb.ExitReason.Value(f"EXIT_REASON_{reason.name}") for reason in ExitReason}
 FAMILIES = {"decoder": pb.MODEL_FAMILY_DECODER, "encoder": pb.MODEL_FAMILY_ENCODER}
 SCORINGS = {"heads": pb.SCORING_MODE_HEADS, "query_likelihood": pb.SCORING_MODE_QUERY_LIKELIHOOD}
-
-
-def _duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
-    return d
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
@@ -243,9 +236,9 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                 flops_saved=usage.flops_saved,
             ),
             "timing": pb.Timing(
-                queue=_duration(waited),
-                compute=_duration(result.compute_seconds),
-                total=_duration(time.perf_counter() - start),
+                queue=to_duration(waited),
+                compute=to_duration(result.compute_seconds),
+                total=to_duration(time.perf_counter() - start),
             ),
             "partial": result.partial,
             "model": self.info.name,

@@ -1,4 +1,4 @@
-"""Wire -> engine: validate a RerankRequest and translate it into a plan the engine runs.
+"""Wire <-> engine: validate a RerankRequest and translate it into a plan the engine runs.
 
 Every violation names the request's own proto field path (e.g. `early_exit.confidence.relevant`,
 `width[1].ratio`, `documents[3].text`), all of them at once.
@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from google.protobuf.duration_pb2 import Duration
+
 from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, FieldViolation, Plan, PlanError
 from matryoshka.engine.reranker import ScoreType
 from matryoshka.model.matryoshka_model import ModelInfo
@@ -17,6 +19,13 @@ from matryoshka.model.prompt import Truncation
 from matryoshka.model.width import WidthTarget
 from matryoshka.server.settings import Settings
 from matryoshka_client.proto import rerank_service_pb2 as pb
+
+
+def to_duration(seconds: float) -> Duration:
+    """Seconds (negative clamps to 0) as a google.protobuf.Duration."""
+    d = Duration()
+    d.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
+    return d
 
 
 class InvalidRequest(ValueError):  # noqa: N818 - the gRPC status it maps to is INVALID_ARGUMENT
