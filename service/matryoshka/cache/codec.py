@@ -1,7 +1,7 @@
 """Row-state codec: versioned header + checksum + safetensors payload. Never pickle.
 
 Layout: b"MTRS" | version (1 byte) | sha256 of payload (32 bytes) | safetensors bytes holding
-`hidden`, `segments`, `token_ids` and `layer`. Any corruption, truncation or
+`hidden`, `segments`, `token_ids`, `layer` and `compression`. Any corruption, truncation or
 version skew fails loudly with CodecError instead of resuming from a wrong state.
 """
 
@@ -16,7 +16,7 @@ from safetensors.torch import load, save
 from matryoshka.model.state import RowState
 
 MAGIC = b"MTRS"
-VERSION = 1
+VERSION = 2  # 2: rows carry their width compression factor (selects H-LoRA compensation)
 _HEADER = len(MAGIC) + 1 + 32
 
 
@@ -32,6 +32,7 @@ def encode_row(row: RowState) -> bytes:
             "segments": row.segments.detach().cpu().contiguous(),
             "token_ids": row.token_ids.detach().cpu().contiguous(),
             "layer": torch.tensor([row.layer], dtype=torch.int64),
+            "compression": torch.tensor([row.compression], dtype=torch.float32),
         }
     )
     return MAGIC + bytes([VERSION]) + hashlib.sha256(payload).digest() + payload
@@ -50,8 +51,10 @@ def decode_row(blob: bytes) -> RowState:
     try:
         tensors = load(payload)
         layer = int(tensors["layer"].item())
+        compression = float(tensors["compression"].item())
     except (SafetensorError, KeyError, ValueError, RuntimeError) as exc:
         raise CodecError(f"unreadable row state payload: {exc}") from exc
     return RowState(
-        hidden=tensors["hidden"], segments=tensors["segments"], token_ids=tensors["token_ids"], layer=layer
+        hidden=tensors["hidden"], segments=tensors["segments"], token_ids=tensors["token_ids"], layer=layer,
+        compression=compression,
     )

@@ -221,7 +221,13 @@ class _Run:
         for chunk in self._chunks([r for r, _ in rows], lambda r: lookup[r].length):
             states = [lookup[r] for r in chunk]
             moved = [
-                RowState(s.hidden.to(device, dtype), s.segments.to(device), s.token_ids.to(device), s.layer)
+                RowState(
+                    s.hidden.to(device, dtype),
+                    s.segments.to(device),
+                    s.token_ids.to(device),
+                    s.layer,
+                    s.compression,
+                )
                 for s in states
             ]
             self.buckets.append(_Bucket(LayerState.from_rows(moved), torch.tensor(chunk, dtype=torch.long)))

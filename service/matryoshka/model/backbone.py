@@ -42,6 +42,8 @@ class Backbone(nn.Module):
         self.hidden_size: int = int(self.config.hidden_size)
         self.num_heads: int = int(self.config.num_attention_heads)
         self.head_dim: int = int(getattr(self.config, "head_dim", None) or self.hidden_size // self.num_heads)
+        # Factorized V/H-LoRA adapters (model/compensation.py) register themselves here when installed.
+        self.compensation: Any = None
 
     @staticmethod
     def wrap(hf_model: PreTrainedModel) -> Backbone:
@@ -96,11 +98,14 @@ class Backbone(nn.Module):
         """(batch, hidden) the anchor's hidden state as a head reads it."""
         raise NotImplementedError
 
-    def _check_layer(self, layer: int, state: LayerState) -> None:
+    def _enter(self, layer: int, state: LayerState) -> None:
+        """Check that `state` can enter `layer`, and route its rows to their compensation adapters."""
         if not 1 <= layer <= self.num_layers:
             raise ValueError(f"layer {layer} outside 1..{self.num_layers}")
         if state.layer != layer - 1:
             raise ValueError(f"layer {layer} needs a state at layer {layer - 1}, got {state.layer}")
+        if self.compensation is not None:
+            self.compensation.select(layer, state.compression_factors)
 
     @staticmethod
     def _masked_softmax_mean(scores: Tensor, key_mask: Tensor) -> Tensor:
@@ -147,7 +152,7 @@ class DecoderBackbone(Backbone):
         return state.aux["mask4d"], state.aux["rope"]
 
     def forward_layer(self, layer: int, state: LayerState) -> LayerState:
-        self._check_layer(layer, state)
+        self._enter(layer, state)
         mask4d, rope = self._aux(state)
         hidden = self.layers[layer - 1](
             state.hidden, attention_mask=mask4d, position_ids=state.positions, position_embeddings=rope
@@ -158,7 +163,7 @@ class DecoderBackbone(Backbone):
         return state.lengths - 1  # right padding: the last real token
 
     def anchor_attention(self, layer: int, state: LayerState) -> Tensor:
-        self._check_layer(layer, state)
+        self._enter(layer, state)
         block: Any = self.layers[layer - 1]
         attn = block.self_attn
         _, (cos, sin) = self._aux(state)
@@ -209,7 +214,7 @@ class EncoderBackbone(Backbone):
         return state.aux["mask4d"]  # type: ignore[no-any-return]
 
     def forward_layer(self, layer: int, state: LayerState) -> LayerState:
-        self._check_layer(layer, state)
+        self._enter(layer, state)
         hidden = self.layers[layer - 1](state.hidden, attention_mask=self._mask4d(state))
         return state.advanced(hidden, layer)
 
@@ -217,7 +222,7 @@ class EncoderBackbone(Backbone):
         return torch.zeros(state.batch_size, dtype=torch.long, device=state.hidden.device)
 
     def anchor_attention(self, layer: int, state: LayerState) -> Tensor:
-        self._check_layer(layer, state)
+        self._enter(layer, state)
         attn: Any = self.layers[layer - 1].attention.self
         batch, length, _ = state.hidden.shape
         q = attn.query(state.hidden[:, 0]).view(batch, self.num_heads, self.head_dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from matryoshka.model.prompt import (
 from matryoshka.model.state import LayerState
 
 Scoring = Literal["heads", "query_likelihood"]
+TemplateName = Literal["relevance", "query_likelihood", "encoder_pair"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,21 @@ class ModelInfo:
     head_layers: tuple[int, ...]
     scoring: str
     template_version: str
-    fingerprint: str  # backbone weights sha256 (+ artifact hash once heads are trained)
+    fingerprint: str  # backbone weights sha256, or sha256(backbone sha : artifact hash) with an artifact
     calibration_version: str
+
+
+def make_template(name: str, tokenizer: Any, backbone: Backbone) -> PromptTemplate:
+    """The prompt template called `name` for this tokenizer and backbone family."""
+    if (name == "encoder_pair") != (backbone.family == "encoder"):
+        raise ValueError(f"template {name!r} does not fit a {backbone.family} backbone")
+    if name == "encoder_pair":
+        return EncoderPairPrompt(tokenizer, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    if name == "query_likelihood":
+        return QueryLikelihoodPrompt(tokenizer)
+    if name == "relevance":
+        return RelevancePrompt(tokenizer)
+    raise ValueError(f"unknown template {name!r}; use relevance, query_likelihood or encoder_pair")
 
 
 class MatryoshkaModel(nn.Module):
@@ -59,7 +74,8 @@ class MatryoshkaModel(nn.Module):
         self.tokenizer = tokenizer
         self.template = template
         self.scorer = scorer
-        self.fingerprint = fingerprint
+        self.backbone_sha256 = fingerprint
+        self.artifact_hash: str | None = None  # set when trained heads/adapters are loaded
         self.calibration_version = calibration_version
         self.eval()
 
@@ -73,27 +89,35 @@ class MatryoshkaModel(nn.Module):
         scoring: Scoring = "heads",
         head_layers: Sequence[int] | None = None,
         fingerprint: str = "unversioned",
+        template: TemplateName | None = None,
     ) -> MatryoshkaModel:
-        """Wrap a Hugging Face model; heads default to every layer, query likelihood to the last."""
+        """Wrap a Hugging Face model; heads default to every layer, query likelihood to the last.
+
+        The template defaults to the scoring's own layout (the relevance prompt for heads); heads may
+        also read the query-likelihood layout, whose last query token then is the anchor.
+        """
         backbone = Backbone.wrap(hf_model)
-        template: PromptTemplate
         scorer: Scorer
         if backbone.family == "encoder":
             if scoring != "heads":
                 raise ValueError("encoder backbones score with heads only")
-            template = EncoderPairPrompt(tokenizer, tokenizer.cls_token_id, tokenizer.sep_token_id)
+            template = template or "encoder_pair"
             scorer = HeadScorer(backbone, head_layers or range(1, backbone.num_layers + 1))
         elif scoring == "query_likelihood":
-            template = QueryLikelihoodPrompt(tokenizer)
+            if template not in (None, "query_likelihood"):
+                raise ValueError("query-likelihood scoring needs the query_likelihood template")
+            template = "query_likelihood"
             scorer = QueryLikelihoodScorer(backbone, head_layers)
         elif scoring == "heads":
-            template = RelevancePrompt(tokenizer)
+            template = template or "relevance"
             yes = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
             scorer = HeadScorer(backbone, head_layers or range(1, backbone.num_layers + 1), yes)
         else:
             raise ValueError(f"unknown scoring {scoring!r}; use 'heads' or 'query_likelihood'")
         scorer.to(backbone.device)
-        return cls(name, backbone, tokenizer, template, scorer, fingerprint)
+        return cls(
+            name, backbone, tokenizer, make_template(template, tokenizer, backbone), scorer, fingerprint
+        )
 
     @classmethod
     def from_backbone(
@@ -108,6 +132,13 @@ class MatryoshkaModel(nn.Module):
             head_layers=head_layers,
             fingerprint=loaded.sha256,
         )
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies the weights: the backbone file's sha256, plus the artifact's hash if any."""
+        if self.artifact_hash is None:
+            return self.backbone_sha256
+        return hashlib.sha256(f"{self.backbone_sha256}:{self.artifact_hash}".encode()).hexdigest()
 
     @property
     def info(self) -> ModelInfo:

@@ -27,6 +27,7 @@ class RowState:
     segments: Tensor  # (length,) int8
     token_ids: Tensor  # (length,) long, -1 where tokens were merged
     layer: int  # layers applied so far (0 = embeddings)
+    compression: float = 1.0  # passage tokens at embedding / passage tokens now (width merges so far)
 
     @property
     def length(self) -> int:
@@ -43,6 +44,8 @@ class LayerState:
     segments: Tensor  # (batch, length) int8, Segment values
     token_ids: Tensor  # (batch, length) long input ids, -1 for padding and merged tokens
     layer: int
+    # (batch,) fp32 passage compression factor of each row so far; None means no row was merged.
+    compression: Tensor | None = None
     # Per-shape tensors a backbone derives once (attention mask, rotary tables); dropped on any reshape.
     aux: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -62,6 +65,13 @@ class LayerState:
         n = self.hidden.shape[1]
         return torch.arange(n, device=self.hidden.device).unsqueeze(0).expand(self.batch_size, n)
 
+    @property
+    def compression_factors(self) -> Tensor:
+        """(batch,) fp32 factor by which each row's passage was compressed so far (1 = full width)."""
+        if self.compression is None:
+            return torch.ones(self.batch_size, device=self.hidden.device)
+        return self.compression
+
     def advanced(self, hidden: Tensor, layer: int) -> LayerState:
         """The same rows after one more layer: new hidden states, same shape, shared aux tables."""
         return LayerState(
@@ -70,6 +80,7 @@ class LayerState:
             segments=self.segments,
             token_ids=self.token_ids,
             layer=layer,
+            compression=self.compression,
             aux=self.aux,
         )
 
@@ -83,6 +94,7 @@ class LayerState:
             segments=self.segments.index_select(0, rows)[:, :keep],
             token_ids=self.token_ids.index_select(0, rows)[:, :keep],
             layer=self.layer,
+            compression=None if self.compression is None else self.compression.index_select(0, rows),
         )
 
     def row(self, i: int) -> RowState:
@@ -93,6 +105,7 @@ class LayerState:
             segments=self.segments[i, :n].clone(),
             token_ids=self.token_ids[i, :n].clone(),
             layer=self.layer,
+            compression=float(self.compression_factors[i]),
         )
 
     @staticmethod
@@ -114,8 +127,14 @@ class LayerState:
             mask[i, : r.length] = True
             segments[i, : r.length] = r.segments
             token_ids[i, : r.length] = r.token_ids
+        compression = torch.tensor([r.compression for r in rows], device=first.device)
         return LayerState(
-            hidden=hidden, mask=mask, segments=segments, token_ids=token_ids, layer=rows[0].layer
+            hidden=hidden,
+            mask=mask,
+            segments=segments,
+            token_ids=token_ids,
+            layer=rows[0].layer,
+            compression=None if bool((compression == 1).all()) else compression,
         )
 
     @staticmethod

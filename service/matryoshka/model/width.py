@@ -114,12 +114,16 @@ def apply_merge(state: LayerState, merge: Merge) -> LayerState:
     token_ids = torch.full_like(members, -1).scatter_(1, index, state.token_ids)
     token_ids = torch.where(members == 1, token_ids, -1)
     mask = torch.arange(new_len, device=state.mask.device).unsqueeze(0) < merge.new_lengths.unsqueeze(1)
+    passage_before = (state.segments == Segment.PASSAGE).sum(dim=1)
+    passage_after = (segments[:, :new_len] == Segment.PASSAGE).sum(dim=1)
+    factor = passage_before.float() / passage_after.clamp(min=1).float()
     return LayerState(
         hidden=pooled[:, :new_len].to(state.hidden.dtype),
         mask=mask,
         segments=segments[:, :new_len],
         token_ids=token_ids[:, :new_len],
         layer=state.layer,
+        compression=state.compression_factors * torch.where(passage_after > 0, factor, 1.0),
     )
 
 
