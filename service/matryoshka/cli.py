@@ -58,6 +58,7 @@ def rerank(
     wait_ready: Annotated[
         float, typer.Option(help="With --target: wait up to this many seconds for the server to be SERVING.")
     ] = 0.0,
+    artifact: Annotated[str | None, typer.Option(help="In process: trained artifact dir.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
 ) -> None:
     """Re-rank DOCUMENTS for QUERY, in process or through a server (--target), and print the ranking."""
@@ -67,7 +68,7 @@ def rerank(
     payload = (
         _rerank_remote(target, query, documents, model, depth, steps, top_n, timeout)
         if target
-        else _rerank_local(query, documents, model or DEFAULT_BACKBONE, depth, steps, top_n, dtype)
+        else _rerank_local(query, documents, model or DEFAULT_BACKBONE, depth, steps, top_n, dtype, artifact)
     )
     if as_json:
         typer.echo(json.dumps(payload, indent=2, default=str))
@@ -88,11 +89,12 @@ def _rerank_local(
     steps: dict[int, Any],
     top_n: int,
     dtype: str,
+    artifact: str | None,
 ) -> dict[str, Any]:
     from matryoshka.engine.plan import Plan, PlanError
     from matryoshka.engine.reranker import Reranker
 
-    reranker = Reranker.load(model, dtype=dtype)
+    reranker = Reranker.load(model, dtype=dtype, artifact=artifact)
     try:
         plan = Plan(depth=depth, width=steps)
         result = reranker.rerank(query, documents, plan, top_n=top_n or None, return_documents=True)
@@ -160,6 +162,9 @@ def serve(
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port.")] = None,
     model: Annotated[str | None, typer.Option(help="Backbone to serve.")] = None,
     dtype: Annotated[str | None, typer.Option(help="bfloat16 or float32.")] = None,
+    artifact: Annotated[
+        str | None, typer.Option(help="Trained artifact dir (default: the shipped one).")
+    ] = None,
 ) -> None:
     """Serve matryoshka.v1.RerankService (settings also from MATRYOSHKA_* environment variables)."""
     import asyncio
@@ -169,7 +174,14 @@ def serve(
     from matryoshka.server.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    flags = {"port": port, "host": host, "metrics_port": metrics_port, "model": model, "dtype": dtype}
+    flags = {
+        "port": port,
+        "host": host,
+        "metrics_port": metrics_port,
+        "model": model,
+        "dtype": dtype,
+        "artifact": artifact,
+    }
     settings = Settings.model_validate({k: v for k, v in flags.items() if v is not None})
     asyncio.run(run_server(settings))
 
@@ -220,7 +232,11 @@ MaxQueriesOpt = Annotated[
 ModelOpt = Annotated[str, typer.Option(help="Backbone to load.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32 or bfloat16.")]
 ScoringOpt = Annotated[
-    str | None, typer.Option(help="heads or query_likelihood (default: the model's default).")
+    str | None,
+    typer.Option(help="heads (untrained) or query_likelihood (zero-shot); default: the shipped artifact."),
+]
+ArtifactOpt = Annotated[
+    str | None, typer.Option(help="Trained artifact directory (default: the shipped one).")
 ]
 RelevanceOpt = Annotated[
     int | None,
@@ -245,16 +261,16 @@ ProgressOpt = Annotated[bool, typer.Option(help="tqdm progress bars on stderr.")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def load_reranker(model: str, dtype: str, scoring: str | None) -> Reranker:
+def load_reranker(model: str, dtype: str, scoring: str | None, artifact: str | None = None) -> Reranker:
     """Load the model the eval commands re-rank with (tests replace this function with a tiny model)."""
     from matryoshka.engine.reranker import Reranker
 
     if scoring not in (None, "heads", "query_likelihood"):
         raise typer.BadParameter(f"use heads or query_likelihood, got {scoring!r}", param_hint="--scoring")
     try:
-        return Reranker.load(model, dtype=dtype, scoring=scoring)  # type: ignore[arg-type]
-    except ValueError as exc:  # unknown backbone or dtype
-        raise typer.BadParameter(str(exc), param_hint="--model/--dtype") from exc
+        return Reranker.load(model, dtype=dtype, scoring=scoring, artifact=artifact)  # type: ignore[arg-type]
+    except ValueError as exc:  # unknown backbone or dtype, or an artifact that does not fit
+        raise typer.BadParameter(str(exc), param_hint="--model/--dtype/--artifact") from exc
 
 
 def _eval_input(
@@ -304,6 +320,7 @@ def eval_compare(
     model: ModelOpt = DEFAULT_BACKBONE,
     dtype: DtypeOpt = "float32",
     scoring: ScoringOpt = None,
+    artifact: ArtifactOpt = None,
     relevance_level: RelevanceOpt = None,
     out: OutOpt = None,
     exit_relevant: ExitRelevantOpt = 0.99,
@@ -328,7 +345,7 @@ def eval_compare(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--plans") from exc
     evaluation = _eval_input(data, split, first_stage, top_k, max_queries, relevance_level)
-    reranker = load_reranker(model, dtype, scoring) if names else None
+    reranker = load_reranker(model, dtype, scoring, artifact) if names else None
     exits = ExitConfig(relevant=exit_relevant, irrelevant=exit_irrelevant, min_layer=exit_min_layer)
     out_dir = out or Path("out") / "eval" / f"{evaluation.collection.name}-{split}"
     try:
@@ -365,6 +382,7 @@ def eval_sweep(
     model: ModelOpt = DEFAULT_BACKBONE,
     dtype: DtypeOpt = "float32",
     scoring: ScoringOpt = None,
+    artifact: ArtifactOpt = None,
     relevance_level: RelevanceOpt = None,
     out: OutOpt = None,
     thresholds: Annotated[
@@ -387,7 +405,7 @@ def eval_sweep(
             f"not a comma list of numbers: {thresholds!r}", param_hint="--thresholds"
         ) from exc
     evaluation = _eval_input(data, split, first_stage, top_k, max_queries, relevance_level)
-    reranker = load_reranker(model, dtype, scoring)
+    reranker = load_reranker(model, dtype, scoring, artifact)
     out_dir = out or Path("out") / "sweep" / f"{evaluation.collection.name}-{split}"
     try:
         points = sweep_points(
@@ -414,3 +432,86 @@ def eval_sweep(
         )
         typer.echo(f"{row['family']:<11} nDCG@10 {row['ndcg@10']:.4f}{saved}  {row['label']}")
     typer.echo(f"wrote {out_dir / CSV_NAME} and {out_dir / PNG_NAME}")
+
+
+# -- train --------------------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[
+        list[str],
+        typer.Option(help="DIR:SPLIT of a BEIR-format collection to draw groups from (repeatable)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
+    workdir: Annotated[
+        Path | None, typer.Option(help="Checkpoints, cached passes and groups (default: out/train/<name>).")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Backbone to train on.")] = DEFAULT_BACKBONE,
+    negatives: Annotated[int, typer.Option(min=1, help="BM25 hard negatives per group.")] = 7,
+    depth: Annotated[int, typer.Option(min=1, help="BM25 depth negatives are drawn from.")] = 100,
+    max_queries: Annotated[int | None, typer.Option(min=1, help="Groups per data source (first N).")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Self-distillation epochs.")] = 4,
+    groups_per_step: Annotated[int, typer.Option(min=1, help="Groups per optimiser step.")] = 8,
+    learning_rate: Annotated[float, typer.Option(help="Heads' learning rate.")] = 1e-3,
+    adapter_learning_rate: Annotated[float, typer.Option(help="LoRA / compensation learning rate.")] = 1e-4,
+    lora_rank: Annotated[
+        int, typer.Option(min=0, help="Stage-1 LoRA rank (0: heads only, frozen backbone).")
+    ] = 0,
+    compensation_rank: Annotated[int, typer.Option(min=0, help="V/H-LoRA rank (0: no compensation).")] = 0,
+    compensation_steps: Annotated[int, typer.Option(min=0, help="Compensation optimiser steps.")] = 0,
+    ratios: Annotated[
+        str, typer.Option(help="Comma list of width ratios students and H-LoRA train on.")
+    ] = "2,4",
+    self_distill: Annotated[bool, typer.Option(help="Cascaded self-distillation (off: labels only).")] = True,
+    teacher: Annotated[
+        str, typer.Option(help="External teacher: query_likelihood (the backbone's own, full depth) or none.")
+    ] = "query_likelihood",
+    max_passage_tokens: Annotated[int, typer.Option(min=8, help="Passage tokens kept.")] = 192,
+    seed: Annotated[int, typer.Option(help="Seed for groups, order and initialisation.")] = 13,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train heads (+ LoRA), compensation and calibration; write an artifact (resumable via --workdir)."""
+    import shlex
+    import sys
+
+    from matryoshka.model.compensation import CompensationConfig
+    from matryoshka.model.prompt import Truncation
+    from matryoshka.train.data import GroupSpec
+    from matryoshka.train.recipe import DataSource, Recipe, train
+    from matryoshka.train.self_distill import DistillConfig, LoraSettings
+
+    if teacher not in ("query_likelihood", "none"):
+        raise typer.BadParameter("use query_likelihood or none", param_hint="--teacher")
+    try:
+        sources = tuple(DataSource.parse(spec) for spec in data)
+        widths = tuple(float(r) for r in ratios.split(",") if r.strip())
+        recipe = Recipe(
+            backbone=model,
+            sources=sources,
+            groups=GroupSpec(negatives=negatives, depth=depth, seed=seed, max_queries=max_queries),
+            distill=DistillConfig(
+                external_teacher=teacher,  # type: ignore[arg-type]
+                self_distill=self_distill,
+                groups_per_step=groups_per_step,
+                epochs=epochs,
+                learning_rate=learning_rate,
+                adapter_learning_rate=adapter_learning_rate,
+                seed=seed,
+                truncation=Truncation(max_passage_tokens=max_passage_tokens),
+            ),
+            lora=LoraSettings(rank=lora_rank),
+            compensation=CompensationConfig(rank=compensation_rank, ratios=widths)
+            if compensation_rank
+            else None,
+            compensation_steps=compensation_steps,
+            ratios=widths,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    command = "matryoshka " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    metrics = train(
+        recipe, workdir or Path("out") / "train" / out.name, out, command=command, progress=progress
+    )
+    typer.echo(json.dumps(metrics, indent=2))
+    typer.echo(f"artifact written to {out}")

@@ -25,7 +25,7 @@ def loaded(monkeypatch: pytest.MonkeyPatch, tiny_reranker: Reranker) -> list[tup
     """Make the CLI load the tiny re-ranker; returns the (model, dtype, scoring) it was asked for."""
     calls: list[tuple[str, str, str | None]] = []
 
-    def fake_loader(model: str, dtype: str, scoring: str | None) -> Reranker:
+    def fake_loader(model: str, dtype: str, scoring: str | None, artifact: str | None = None) -> Reranker:
         calls.append((model, dtype, scoring))
         return tiny_reranker
 

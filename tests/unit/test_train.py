@@ -81,12 +81,14 @@ def test_lora_self_distillation_lowers_the_loss_and_trains_the_backbone(
         lora=LoraSettings(rank=2),
         progress=False,
     )
-    assert lora is not None and any(k.endswith("lora_B.weight") for k in lora.tensors)
+    assert lora is not None
+    assert any(k.endswith("lora_B.weight") for k in lora.tensors)
     assert any(bool(v.abs().sum() > 0) for k, v in lora.tensors.items() if "lora_B" in k)
     assert summary.history[-1].loss < summary.history[0].loss
     # merged into the weights afterwards, exactly as loading an artifact does
     after = model.backbone.layer_module(1).self_attn.q_proj
-    assert isinstance(after, torch.nn.Linear) and not torch.equal(after.weight, before)
+    assert isinstance(after, torch.nn.Linear)
+    assert not torch.equal(after.weight, before)
 
 
 def test_training_resumes_from_its_checkpoint(tiny_tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -96,7 +98,8 @@ def test_training_resumes_from_its_checkpoint(tiny_tokenizer, tmp_path: Path) ->
     self_distill(parted, GROUPS, _config(epochs=5), tmp_path / "parted", progress=False, max_steps=5)
     again = _model(tiny_tokenizer)  # a new process: nothing but the work directory survives
     summary, _ = self_distill(again, GROUPS, _config(epochs=5), tmp_path / "parted", progress=False)
-    assert summary.resumed_from == 5 and summary.steps == 10
+    assert summary.resumed_from == 5
+    assert summary.steps == 10
     for (name, a), (_, b) in zip(
         whole.scorer.named_parameters(), again.scorer.named_parameters(), strict=True
     ):

@@ -17,7 +17,6 @@ from matryoshka.train.data import (
     split_groups,
 )
 
-
 DOCS = {
     "d1": "the cat sat on the mat",
     "d2": "the cat ran to the park",
@@ -52,10 +51,12 @@ def test_groups_have_the_positive_first_and_never_a_relevant_negative(train_coll
     groups = build_groups(collection, "train", GroupSpec(negatives=2, depth=8, min_grade=2))
     assert [g.query_id for g in groups] == ["q1", "q2"]  # q3 has no grade-2 positive
     q1, q2 = groups
-    assert q1.candidates[0].doc_id == "d1" and q2.candidates[0].doc_id in {"d5", "d6"}
+    assert q1.candidates[0].doc_id == "d1"
+    assert q2.candidates[0].doc_id in {"d5", "d6"}
     assert "d2" not in {c.doc_id for c in q1.candidates}  # grade 1: relevant, never a negative
     assert {c.doc_id for c in q2.candidates[1:]}.isdisjoint({"d5", "d6"})
-    assert len(q1.candidates) == 3 and len(q2.candidates) == 3
+    assert len(q1.candidates) == 3
+    assert len(q2.candidates) == 3
     assert [c.label for c in q1.candidates] == [1, 0, 0]
     assert groups == build_groups(collection, "train", GroupSpec(negatives=2, depth=8, min_grade=2))
 
@@ -63,13 +64,12 @@ def test_groups_have_the_positive_first_and_never_a_relevant_negative(train_coll
 def test_groups_round_trip_through_jsonl_and_split_by_query(train_collection: Path, tmp_path: Path) -> None:
     groups = build_groups(load_collection(train_collection), "train", GroupSpec(negatives=2, depth=8))
     sha = save_groups(groups, tmp_path / "groups.jsonl")
-    assert len(sha) == 64 and load_groups(tmp_path / "groups.jsonl") == groups
+    assert len(sha) == 64
+    assert load_groups(tmp_path / "groups.jsonl") == groups
     train, dev = split_groups(groups, 0.5, seed=1)
-    assert (
-        len(dev) == 1
-        and len(train) == len(groups) - 1
-        and {g.query_id for g in train} | {g.query_id for g in dev} == {g.query_id for g in groups}
-    )
+    assert len(dev) == 1
+    assert len(train) == len(groups) - 1
+    assert {g.query_id for g in train} | {g.query_id for g in dev} == {g.query_id for g in groups}
 
 
 def test_teacher_scores_attach_and_missing_ones_are_named(train_collection: Path) -> None:
@@ -77,7 +77,7 @@ def test_teacher_scores_attach_and_missing_ones_are_named(train_collection: Path
     run = {g.query_id: {c.doc_id: float(i) for i, c in enumerate(g.candidates)} for g in groups}
     assert all(g.has_teacher for g in attach_teacher(groups, run, source="t.trec"))
     del run["q1"][groups[0].candidates[0].doc_id]
-    with pytest.raises(DataError, match="t.trec: no teacher score for query 'q1'"):
+    with pytest.raises(DataError, match=r"t\.trec: no teacher score for query 'q1'"):
         attach_teacher(groups, run, source="t.trec")
 
 

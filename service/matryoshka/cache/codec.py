@@ -55,6 +55,9 @@ def decode_row(blob: bytes) -> RowState:
     except (SafetensorError, KeyError, ValueError, RuntimeError) as exc:
         raise CodecError(f"unreadable row state payload: {exc}") from exc
     return RowState(
-        hidden=tensors["hidden"], segments=tensors["segments"], token_ids=tensors["token_ids"], layer=layer,
+        hidden=tensors["hidden"],
+        segments=tensors["segments"],
+        token_ids=tensors["token_ids"],
+        layer=layer,
         compression=compression,
     )

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -14,6 +15,7 @@ from matryoshka.engine.cost import LatencyModel, Usage
 from matryoshka.engine.executor import EngineError, Executor, Job, JobResult, Outcome
 from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.plan import Plan
+from matryoshka.model.artifact import load_artifact, read_manifest, shipped_artifact
 from matryoshka.model.loading import BACKBONES, DEFAULT_BACKBONE, load_backbone
 from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo, Scoring
 from matryoshka.model.prompt import Truncation
@@ -79,13 +81,28 @@ class Reranker:
         scoring: Scoring | None = None,
         head_layers: Sequence[int] | None = None,
         threads: int | None = None,
+        artifact: str | Path | None = None,
     ) -> Reranker:
-        """Load a packaged backbone offline. Until trained heads ship, decoders score by query
-        likelihood (zero-shot, sensible rankings) unless `scoring="heads"` is asked for."""
+        """Load a packaged backbone offline with its trained artifact.
+
+        `artifact` names an artifact directory; without one, the artifact shipped for `name` is used
+        when there is one and no `scoring` is asked for. Otherwise decoders score zero-shot by query
+        likelihood and encoders by (untrained) heads; `scoring="heads"` gives untrained heads.
+        """
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if threads is not None:
             torch.set_num_threads(threads)
+        if artifact is None and scoring is None:
+            artifact = shipped_artifact(name)
+        if artifact is not None:
+            if scoring == "query_likelihood":
+                raise ValueError("an artifact scores with its trained heads, not query likelihood")
+            path = Path(artifact)
+            manifest = read_manifest(path)
+            if manifest["backbone"]["name"] != name:
+                raise ValueError(f"{path} was trained on {manifest['backbone']['name']}, not {name}")
+            return cls(load_artifact(path, dtype=DTYPES[dtype]))
         loaded = load_backbone(name, DTYPES[dtype])
         if scoring is None:
             scoring = "query_likelihood" if BACKBONES[name].family == "decoder" else "heads"

@@ -37,6 +37,15 @@ LORA_FILE = "lora.safetensors"
 COMPENSATION_FILE = "compensation.safetensors"
 
 
+SHIPPED = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+def shipped_artifact(backbone: str) -> Path | None:
+    """The trained artifact that ships with this package for `backbone`, if there is one."""
+    path = SHIPPED / backbone
+    return path if (path / MANIFEST).is_file() else None
+
+
 class ArtifactError(ValueError):
     """An artifact that cannot be loaded as asked: wrong backbone, corrupt or missing files."""
 
@@ -64,7 +73,7 @@ def apply_lora(hf_model: Any, adapter: LoraAdapter) -> Any:
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
     peft_model = get_peft_model(hf_model, LoraConfig(**adapter.config))
-    result = set_peft_model_state_dict(peft_model, adapter.tensors)
+    result: Any = set_peft_model_state_dict(peft_model, adapter.tensors)
     if result.unexpected_keys:
         raise ArtifactError(f"LoRA tensors not in the model: {sorted(result.unexpected_keys)[:3]}")
     return peft_model.merge_and_unload()
@@ -176,8 +185,12 @@ def load_artifact(
     for layer, t, b in zip(scorer.head_layers, cal["temperature"], cal["bias"], strict=True):
         scorer.calibration.set(layer, t, b)
     if manifest["compensation"] is not None:
+        spec = manifest["compensation"]
         config = CompensationConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["compensation"].items()}
+            rank=int(spec["rank"]),
+            alpha=float(spec["alpha"]),
+            ratios=tuple(float(r) for r in spec["ratios"]),
+            targets=tuple(spec["targets"]),
         )
         compensation = Compensation(model.backbone, config)
         compensation.load_adapter_state({k: v.float() for k, v in tensors[COMPENSATION_FILE].items()})

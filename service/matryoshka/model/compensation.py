@@ -71,7 +71,7 @@ class FactorizedLoRALinear(nn.Module):
         self.use_h = True
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.base(x)
+        out: Tensor = self.base(x)
         delta = torch.zeros((), dtype=torch.float32, device=x.device)
         xf = x.float()
         if self.use_v:
@@ -88,7 +88,9 @@ class FactorizedLoRALinear(nn.Module):
 
     def delta_weight(self, slot: int | None) -> Tensor:
         """The summed adapter as a dense weight update for one sub-structure (V + H of `slot`)."""
-        delta = self.v_b @ self.v_a if self.use_v else torch.zeros_like(self.base.weight, dtype=torch.float32)
+        delta = torch.zeros_like(self.base.weight, dtype=torch.float32)
+        if self.use_v:
+            delta = delta + self.v_b @ self.v_a
         if slot is not None and slot >= 0 and self.use_h:
             delta = delta + self.h_b[slot] @ self.h_a[slot]
         return self.scale * delta
@@ -122,9 +124,14 @@ class Compensation(nn.Module):
         """The adapters of one layer, or of all layers."""
         keys = [str(layer)] if layer is not None else list(self.layers.keys())
         for key in keys:
-            for module in self.layers[key].values():
+            for module in self._layer(key).values():
                 assert isinstance(module, FactorizedLoRALinear)
                 yield module
+
+    def _layer(self, key: str) -> nn.ModuleDict:
+        found = self.layers[key]
+        assert isinstance(found, nn.ModuleDict)
+        return found
 
     def enable(self, *, vertical: bool = True, horizontal: bool = True) -> None:
         """Switch the V-LoRA and H-LoRA terms on or off (ablations and equivalence checks)."""
@@ -136,8 +143,8 @@ class Compensation(nn.Module):
         """Only the adapter tensors (what an artifact stores), keyed by layer and projection."""
         return {
             f"{layer}.{name}.{p}": getattr(module, p).detach().cpu().contiguous()
-            for layer, mods in self.layers.items()
-            for name, module in mods.items()
+            for layer in self.layers
+            for name, module in self._layer(layer).items()
             for p in ("v_a", "v_b", "h_a", "h_b")
         }
 
@@ -151,7 +158,7 @@ class Compensation(nn.Module):
             )
         for key, value in tensors.items():
             layer, name, p = key.split(".")
-            param = getattr(self.layers[layer][name], p)
+            param = getattr(self._layer(layer)[name], p)
             if param.shape != value.shape:
                 raise ValueError(
                     f"compensation tensor {key}: shape {tuple(value.shape)}, want {tuple(param.shape)}"

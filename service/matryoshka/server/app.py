@@ -73,6 +73,7 @@ async def start(settings: Settings, reranker: Reranker | None = None) -> Running
             dtype=settings.dtype,
             scoring=settings.scoring,
             threads=settings.threads,
+            artifact=settings.artifact,
         )
     await asyncio.to_thread(engine.warmup)
     engine.executor.max_batch_rows = settings.max_batch_rows

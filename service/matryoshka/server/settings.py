@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     model: str = Field("smollm2-135m", description="Backbone served as the default model")
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     scoring: Literal["heads", "query_likelihood"] | None = Field(None, description="default: by model family")
+    artifact: str | None = Field(None, description="Trained artifact directory (default: the one shipped)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     max_documents: int = Field(1000, ge=1)
     max_request_bytes: int = Field(4 << 20, ge=1024, description="Serialized request size limit")

@@ -44,7 +44,7 @@ def fit_layer(logits: Tensor, labels: Tensor, *, steps: int = 200) -> LayerFit:
     def closure() -> Tensor:
         optimizer.zero_grad()
         loss = bce(x * torch.exp(-log_t) + bias, y)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
     optimizer.step(closure)

@@ -70,9 +70,9 @@ def refuse_benchmark(collection: Collection) -> None:
 def build_groups(collection: Collection, split: str, spec: GroupSpec) -> list[TrainingGroup]:
     """One group per judged query with a positive and at least one BM25 negative, in queries.jsonl order.
 
-    The positive is drawn among the query's judged positives (grade >= min_grade), negatives among BM25's
-    top `depth` minus every document judged with a positive grade (judged non-relevant ones stay in); both with a per-query RNG seeded from (seed, query id), so adding queries
-    never changes the groups of others.
+    The positive is drawn among the query's judged positives (grade >= min_grade); negatives among
+    BM25's top `depth` minus every document judged with a positive grade (judged non-relevant ones
+    stay in). A per-query RNG seeded from (seed, query id) means adding queries never changes others.
     """
     refuse_benchmark(collection)
     if spec.negatives < 1:

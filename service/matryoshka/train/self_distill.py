@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from matryoshka.model.artifact import LoraAdapter
 from matryoshka.model.matryoshka_model import MatryoshkaModel
@@ -235,7 +235,7 @@ class Trainer:
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"loss is {float(loss.detach())} at step {step} (epoch {epoch})")
             self.optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             self.optimizer.step()
             step += 1
             history.append(StepLog(step, float(loss.detach()), label, distill))
@@ -375,7 +375,7 @@ class LoraSettings:
     """Stage-1 LoRA on the backbone (peft); rank 0 trains the heads alone on a frozen backbone."""
 
     rank: int = 0
-    alpha: float = 32.0
+    alpha: int = 32
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -392,9 +392,26 @@ def self_distill(
     """Stage 1: heads (and optionally a peft LoRA) by cascaded self-distillation. The LoRA is merged into
     `model`'s weights afterwards (as `load_artifact` does) and returned for the artifact to store."""
     lora = lora or LoraSettings()
-    params = head_parameters(model)
+    peft_model, params = add_lora(model, head_parameters(model), lora)
     teacher_fn = None
+    if peft_model is not None and config.external_teacher == "query_likelihood":
+        teacher_fn = frozen_query_likelihood(model, peft_model.disable_adapter, config.truncation)
+    trainer = Trainer(
+        model, groups, config, workdir, params, backbone_trainable=lora.rank > 0, teacher_fn=teacher_fn
+    )
+    trainer.precompute(range(len(groups)), progress=progress)
+    summary = trainer.run(progress=progress, max_steps=max_steps)
+    adapter = None if peft_model is None else merge_lora(model, peft_model, lora)
+    return summary, adapter
+
+
+def add_lora(
+    model: MatryoshkaModel, params: dict[str, nn.Parameter], lora: LoraSettings
+) -> tuple[Any, dict[str, nn.Parameter]]:
+    """Wrap the backbone in a peft LoRA when `lora.rank` > 0; returns the peft model (or None) and
+    `params` plus its tensors ("lora.*"), which are then the only trainable parameters of `model`."""
     peft_model = None
+    params = dict(params)
     if lora.rank > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -403,35 +420,27 @@ def self_distill(
         )
         peft_model = get_peft_model(model.backbone.hf_model, lora_config)
         params.update({f"lora.{k}": p for k, p in peft_model.named_parameters() if p.requires_grad})
-        if config.external_teacher == "query_likelihood":
-            teacher_fn = frozen_query_likelihood(model, peft_model.disable_adapter, config.truncation)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params.values():
         p.requires_grad_(True)
-    trainer = Trainer(
-        model, groups, config, workdir, params, backbone_trainable=lora.rank > 0, teacher_fn=teacher_fn
-    )
-    trainer.precompute(range(len(groups)), progress=progress)
-    summary = trainer.run(progress=progress, max_steps=max_steps)
-    adapter = None
-    if peft_model is not None:
-        from peft import get_peft_model_state_dict
+    return peft_model, params
 
-        state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
-        adapter = LoraAdapter(
-            {
-                "r": lora.rank,
-                "lora_alpha": lora.alpha,
-                "target_modules": list(lora.targets),
-                "lora_dropout": 0.0,
-            },
-            state,
-        )
-        peft_model.merge_and_unload()  # the layers hold plain, updated weights again, as after loading
-        for p in model.parameters():
-            p.requires_grad_(False)
-    return summary, adapter
+
+def merge_lora(model: MatryoshkaModel, peft_model: Any, lora: LoraSettings) -> LoraAdapter:
+    """The trained LoRA as an artifact adapter; merges it into `model`'s weights (as `load_artifact`
+    does) and freezes the model again."""
+    from peft import get_peft_model_state_dict
+
+    state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    adapter = LoraAdapter(
+        {"r": lora.rank, "lora_alpha": lora.alpha, "target_modules": list(lora.targets), "lora_dropout": 0.0},
+        state,
+    )
+    peft_model.merge_and_unload()  # the layers hold plain, updated weights again, as after loading
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return adapter
 
 
 def frozen_query_likelihood(

@@ -1,0 +1,191 @@
+"""The default training recipe end to end: groups -> self-distillation -> compensation -> calibration ->
+artifact. Every stage keeps its state under one work directory, so an interrupted run started again
+with the same arguments picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from matryoshka.eval.datasets import load_collection
+from matryoshka.model.artifact import Provenance, save_artifact
+from matryoshka.model.compensation import CompensationConfig
+from matryoshka.model.loading import load_backbone, sha256_file
+from matryoshka.model.matryoshka_model import MatryoshkaModel
+from matryoshka.model.prompt import Truncation
+from matryoshka.model.width import WidthTarget
+from matryoshka.train.calibrate import calibrate
+from matryoshka.train.compensate import compensate
+from matryoshka.train.data import (
+    GroupSpec,
+    TrainingGroup,
+    build_groups,
+    load_groups,
+    save_groups,
+    split_groups,
+)
+from matryoshka.train.self_distill import DistillConfig, LoraSettings, RunSummary, self_distill
+from matryoshka.train.structures import FULL, Structure, head_logits, run_pass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A BEIR-format collection folder and the qrels split to draw groups from."""
+
+    path: Path
+    split: str
+
+    @staticmethod
+    def parse(spec: str) -> DataSource:
+        """ "DIR:SPLIT" (e.g. "../shared/data/scifact:train")."""
+        path, sep, split = spec.rpartition(":")
+        if not sep or not path or not split:
+            raise ValueError(f"data source {spec!r} is not DIR:SPLIT")
+        return DataSource(Path(path), split)
+
+
+@dataclass
+class Recipe:
+    """Everything the `train` command decides."""
+
+    backbone: str
+    sources: tuple[DataSource, ...]
+    groups: GroupSpec = field(default_factory=GroupSpec)
+    template: str = "query_likelihood"
+    head_layers: tuple[int, ...] = ()  # () = every layer
+    dev_fraction: float = 0.1
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    compensation: CompensationConfig | None = None  # None: no compensation stage
+    compensation_steps: int = 0
+    ratios: tuple[float, ...] = (2.0, 4.0)  # student widths (merged after a quarter of the depth)
+
+
+def light_structures(num_layers: int, ratios: Sequence[float]) -> tuple[Structure, ...]:
+    """Full width plus each ratio merged after a quarter of the depth (where the `light` plan merges)."""
+    quarter = max(1, num_layers // 4)
+    return (FULL, *(Structure(((quarter, WidthTarget(ratio=r)),)) for r in ratios))
+
+
+def prepare_groups(
+    recipe: Recipe, workdir: Path
+) -> tuple[list[TrainingGroup], list[TrainingGroup], dict[str, str]]:
+    """Build (or reload) the groups, then the seeded train/dev split; returns data file hashes too."""
+    file = workdir / "groups.jsonl"
+    if file.is_file():
+        groups = load_groups(file)
+    else:
+        groups = []
+        for source in recipe.sources:
+            groups += build_groups(load_collection(source.path), source.split, recipe.groups)
+        size = recipe.groups.negatives + 1
+        groups = [g for g in groups if len(g.candidates) == size]
+        save_groups(groups, file)
+    train, dev = split_groups(groups, recipe.dev_fraction, recipe.groups.seed)
+    return train, dev, {file.name: sha256_file(file)}
+
+
+def dev_logits(
+    model: MatryoshkaModel, groups: Sequence[TrainingGroup], structure: Structure, truncation: Truncation
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Per head layer, the raw logits of every dev pair under `structure`, and the 0/1 labels."""
+    layers = model.scorer.head_layers
+    per_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    labels = []
+    structures = [FULL] if not structure.width else [FULL, structure]
+    index = len(structures) - 1
+    with torch.no_grad():
+        for g in groups:
+            out = run_pass(
+                model, model.encode(g.query, [c.text for c in g.candidates], truncation), structures, layers
+            )
+            for layer in layers:
+                key = (index, layer) if (index, layer) in out.pooled else (0, layer)
+                per_layer[layer].append(head_logits(model, out.pooled[key], layer))
+            labels.append(torch.tensor([float(c.label) for c in g.candidates]))
+    return {k: torch.cat(v) for k, v in per_layer.items()}, torch.cat(labels)
+
+
+def group_mrr(logits: torch.Tensor, group_size: int) -> float:
+    """Mean reciprocal rank of the positive (index 0 of every group)."""
+    grouped = logits.view(-1, group_size)
+    rank = (grouped > grouped[:, :1]).sum(dim=1) + 1
+    return float((1.0 / rank.float()).mean())
+
+
+def train(
+    recipe: Recipe, workdir: Path, out: Path, *, command: str = "", progress: bool = True
+) -> dict[str, Any]:
+    """Run the recipe; writes the artifact to `out` and returns its metrics."""
+    torch.manual_seed(recipe.groups.seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    loaded = load_backbone(recipe.backbone, torch.float32)
+    model = MatryoshkaModel.from_hf(
+        recipe.backbone,
+        loaded.model,
+        loaded.tokenizer,
+        scoring="heads",
+        head_layers=recipe.head_layers or None,
+        fingerprint=loaded.sha256,
+        template=recipe.template,  # type: ignore[arg-type]
+    )
+    train_groups, dev_groups, data = prepare_groups(recipe, workdir)
+    log.info("%d training groups, %d dev groups", len(train_groups), len(dev_groups))
+    structures = light_structures(model.backbone.num_layers, recipe.ratios)
+    distill = replace(recipe.distill, structures=structures)
+    stage1, lora = self_distill(
+        model, train_groups, distill, workdir / "stage1", lora=recipe.lora, progress=progress
+    )
+    summaries: dict[str, RunSummary] = {"self_distill": stage1}
+    if recipe.compensation is not None and recipe.compensation_steps > 0:
+        stage2, _ = compensate(
+            model,
+            train_groups,
+            distill,
+            recipe.compensation,
+            workdir / "stage2",
+            progress=progress,
+            max_steps=recipe.compensation_steps,
+        )
+        summaries["compensation"] = stage2
+    size = recipe.groups.negatives + 1
+    truncation = recipe.distill.truncation
+    raw, labels = dev_logits(model, dev_groups, FULL, truncation)
+    fits = calibrate(model.scorer.calibration, raw, labels)
+    model.calibration_version = f"platt-dev-{len(dev_groups)}q"
+    metrics: dict[str, Any] = {
+        "dev_groups": len(dev_groups),
+        "train_groups": len(train_groups),
+        "dev_mrr_full_width": {layer: round(group_mrr(v, size), 4) for layer, v in raw.items()},
+        "dev_logloss": {
+            layer: [round(f.loss_before, 4), round(f.loss_after, 4)] for layer, f in fits.items()
+        },
+        "stages": {
+            name: {
+                "steps": s.steps,
+                "seconds": round(s.seconds, 1),
+                "first_loss": s.first_loss,
+                "last_loss": s.last_loss,
+            }
+            for name, s in summaries.items()
+        },
+    }
+    settings = {
+        "backbone": recipe.backbone,
+        "sources": [f"{s.path.name}:{s.split}" for s in recipe.sources],
+        "groups": vars(recipe.groups),
+        "distill": {k: v for k, v in vars(recipe.distill).items() if k not in ("structures", "truncation")},
+        "structures": [s.label for s in structures],
+        "lora_rank": recipe.lora.rank,
+        "compensation_steps": recipe.compensation_steps,
+    }
+    save_artifact(model, out, lora=lora, provenance=Provenance(command, data, settings, metrics))
+    return metrics
