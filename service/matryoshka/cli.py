@@ -1,4 +1,4 @@
-"""Command line: `matryoshka serve | rerank | bench | eval`."""
+"""Command line: `matryoshka serve | rerank | bench | eval | train | distill`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from matryoshka.model.loading import DEFAULT_BACKBONE
 if TYPE_CHECKING:
     from matryoshka.engine.reranker import Reranker
     from matryoshka.eval.rerank_run import EvalInput
+    from matryoshka.train.data import TrainingGroup
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Matryoshka re-ranker: depth, width, early exit."
@@ -515,3 +516,166 @@ def train_command(
     )
     typer.echo(json.dumps(metrics, indent=2))
     typer.echo(f"artifact written to {out}")
+
+
+# -- distill ------------------------------------------------------------------------------------------
+
+
+@app.command("distill")
+def distill_command(
+    data: Annotated[
+        str, typer.Option(help="DIR:SPLIT of a BEIR-format collection; the split's queries are distilled on.")
+    ],
+    teacher_run: Annotated[Path, typer.Option(help="The teacher's TREC run; its scores are the targets.")],
+    out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
+    workdir: Annotated[
+        Path | None, typer.Option(help="Checkpoints, cached passes and groups (default: out/distill/<name>).")
+    ] = None,
+    student: Annotated[str, typer.Option(help="Student backbone.")] = "minilm-l6",
+    hard: Annotated[int, typer.Option(min=1, help="The teacher's top documents per group.")] = 8,
+    deep: Annotated[
+        int, typer.Option(min=0, help="Documents per group sampled from teacher ranks hard+1..depth.")
+    ] = 8,
+    depth: Annotated[int, typer.Option(min=2, help="Deepest teacher rank sampled.")] = 100,
+    depth_layer: Annotated[
+        int | None,
+        typer.Option(min=1, help="Train (and keep) only the head at this layer: a shallow student."),
+    ] = None,
+    max_queries: Annotated[
+        int | None, typer.Option(min=1, help="At most N groups (queries.jsonl order).")
+    ] = None,
+    dev_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Queries held out to measure agreement with the teacher.")
+    ] = 0.1,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 4,
+    groups_per_step: Annotated[int, typer.Option(min=1, help="Groups per optimiser step.")] = 8,
+    learning_rate: Annotated[float, typer.Option(help="Heads' learning rate.")] = 1e-3,
+    adapter_learning_rate: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-4,
+    lora_rank: Annotated[int, typer.Option(min=0, help="LoRA rank (0: heads only, frozen backbone).")] = 8,
+    temperature: Annotated[
+        float, typer.Option(min=1e-3, help="Softmax temperature of the listwise KL.")
+    ] = 1.0,
+    max_passage_tokens: Annotated[int, typer.Option(min=8, help="Passage tokens kept.")] = 192,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, split, order and initialisation.")] = 13,
+    progress: ProgressOpt = True,
+) -> None:
+    """Rank-DistiLLM: distil a teacher's ranking (hard + deep sampling, listwise KL) into an artifact."""
+    import shlex
+    import sys
+
+    import torch
+
+    from matryoshka.model.artifact import Provenance, save_artifact
+    from matryoshka.model.loading import load_backbone, sha256_file
+    from matryoshka.model.matryoshka_model import MatryoshkaModel
+    from matryoshka.model.prompt import Truncation
+    from matryoshka.train.data import save_groups, split_groups
+    from matryoshka.train.listwise import distill_listwise, lora_settings, teacher_agreement
+
+    groups, name = _distill_groups(data, teacher_run, depth, hard, deep, seed, max_queries)
+    train_groups, dev_groups = split_groups(groups, dev_fraction, seed)
+    if not train_groups:
+        typer.echo(f"error: all {len(groups)} groups were held out; lower --dev-fraction", err=True)
+        raise typer.Exit(2)
+    work = workdir or Path("out") / "distill" / out.name
+    hashes = {
+        "groups.jsonl": save_groups(groups, work / "groups.jsonl"),
+        teacher_run.name: sha256_file(teacher_run),
+    }
+    try:
+        loaded = load_backbone(student, torch.float32)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--student") from exc
+    model = MatryoshkaModel.from_hf(
+        student,
+        loaded.model,
+        loaded.tokenizer,
+        scoring="heads",
+        head_layers=None if depth_layer is None else [depth_layer],
+        fingerprint=loaded.sha256,
+    )
+    truncation = Truncation(max_passage_tokens=max_passage_tokens)
+    before = teacher_agreement(model, dev_groups, truncation=truncation)
+    summary, adapter = distill_listwise(
+        model,
+        train_groups,
+        work / "student",
+        epochs=epochs,
+        groups_per_step=groups_per_step,
+        learning_rate=learning_rate,
+        adapter_learning_rate=adapter_learning_rate,
+        temperature=temperature,
+        lora=lora_settings(model, lora_rank),
+        depth_layer=depth_layer,
+        seed=seed,
+        truncation=truncation,
+        progress=progress,
+    )
+    after = teacher_agreement(model, dev_groups, truncation=truncation)
+    model.calibration_version = "identity"  # calibration is a separate step
+    metrics: dict[str, Any] = {
+        "train_groups": len(train_groups),
+        "dev_groups": len(dev_groups),
+        "steps": summary.steps,
+        "seconds": round(summary.seconds, 1),
+        "first_loss": summary.first_loss,
+        "last_loss": summary.last_loss,
+        "dev_agreement": {
+            layer: {"before": asdict(before[layer]), "after": asdict(a)} for layer, a in after.items()
+        },
+    }
+    settings = {
+        "student": student,
+        "data": name,
+        "teacher_run": teacher_run.name,
+        "sampling": {"hard": hard, "deep": deep, "depth": depth, "max_queries": max_queries, "seed": seed},
+        "depth_layer": depth_layer,
+        "dev_fraction": dev_fraction,
+        "epochs": epochs,
+        "groups_per_step": groups_per_step,
+        "learning_rate": learning_rate,
+        "adapter_learning_rate": adapter_learning_rate,
+        "lora_rank": lora_rank,
+        "temperature": temperature,
+        "max_passage_tokens": max_passage_tokens,
+    }
+    command = "matryoshka " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    save_artifact(model, out, lora=adapter, provenance=Provenance(command, hashes, settings, metrics))
+    typer.echo(json.dumps(metrics, indent=2))
+    typer.echo(f"artifact written to {out}")
+
+
+def _distill_groups(
+    data: str, teacher_run: Path, depth: int, hard: int, deep: int, seed: int, max_queries: int | None
+) -> tuple[list[TrainingGroup], str]:
+    """The teacher groups of `distill` and "collection:split"; bad input exits with status 2."""
+    from matryoshka.eval.datasets import DataError, load_collection, read_run
+    from matryoshka.train.listwise import teacher_groups
+    from matryoshka.train.recipe import DataSource
+
+    try:
+        source = DataSource.parse(data)
+        collection = load_collection(source.path)
+        run = read_run(teacher_run, collection)
+        groups = teacher_groups(
+            collection,
+            source.split,
+            run,
+            depth=depth,
+            hard=hard,
+            deep=deep,
+            seed=seed,
+            max_queries=max_queries,
+        )
+    except DataError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if not groups:
+        typer.echo(
+            f"error: no query of {data} has {hard + deep} documents within the top {depth} of {teacher_run}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return groups, f"{collection.name}:{source.split}"

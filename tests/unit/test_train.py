@@ -172,3 +172,9 @@ def test_an_edited_tensor_file_is_refused(tiny_tokenizer, tmp_path: Path) -> Non
 def _tiny_backbone(tokenizer, sha: str) -> LoadedBackbone:  # type: ignore[no-untyped-def]
     spec = BackboneSpec("tiny-llama", "none", "none", "none", "decoder")
     return LoadedBackbone(spec=spec, model=tiny_llama(), tokenizer=tokenizer, sha256=sha)
+
+
+def test_a_workdir_with_passes_of_other_data_is_refused(tiny_tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    self_distill(_model(tiny_tokenizer), GROUPS, _config(epochs=1), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="use a new --workdir"):
+        self_distill(_model(tiny_tokenizer), GROUPS[:2], _config(epochs=1), tmp_path / "run", progress=False)

@@ -95,23 +95,27 @@ def prepare_groups(
 
 def dev_logits(
     model: MatryoshkaModel, groups: Sequence[TrainingGroup], structure: Structure, truncation: Truncation
-) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Per head layer, the raw logits of every dev pair under `structure`, and the 0/1 labels."""
+) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """Per head layer, the raw logits of every dev pair under `structure`; the 0/1 labels; and the
+    backbone's full-depth query likelihood of each pair (decoders whose heads reach the last layer)."""
     layers = model.scorer.head_layers
     per_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    labels = []
+    labels, teacher = [], []
     structures = [FULL] if not structure.width else [FULL, structure]
     index = len(structures) - 1
+    want_ql = model.backbone.family == "decoder" and max(layers) == model.backbone.num_layers
     with torch.no_grad():
         for g in groups:
-            out = run_pass(
-                model, model.encode(g.query, [c.text for c in g.candidates], truncation), structures, layers
-            )
+            pairs = model.encode(g.query, [c.text for c in g.candidates], truncation)
+            out = run_pass(model, pairs, structures, layers, query_likelihood=want_ql)
             for layer in layers:
                 key = (index, layer) if (index, layer) in out.pooled else (0, layer)
                 per_layer[layer].append(head_logits(model, out.pooled[key], layer))
             labels.append(torch.tensor([float(c.label) for c in g.candidates]))
-    return {k: torch.cat(v) for k, v in per_layer.items()}, torch.cat(labels)
+            if out.query_likelihood is not None:
+                teacher.append(out.query_likelihood)
+    ql = torch.cat(teacher) if teacher else None
+    return {k: torch.cat(v) for k, v in per_layer.items()}, torch.cat(labels), ql
 
 
 def group_mrr(logits: torch.Tensor, group_size: int) -> float:
@@ -158,13 +162,14 @@ def train(
         summaries["compensation"] = stage2
     size = recipe.groups.negatives + 1
     truncation = recipe.distill.truncation
-    raw, labels = dev_logits(model, dev_groups, FULL, truncation)
+    raw, labels, teacher = dev_logits(model, dev_groups, FULL, truncation)
     fits = calibrate(model.scorer.calibration, raw, labels)
     model.calibration_version = f"platt-dev-{len(dev_groups)}q"
     metrics: dict[str, Any] = {
         "dev_groups": len(dev_groups),
         "train_groups": len(train_groups),
         "dev_mrr_full_width": {layer: round(group_mrr(v, size), 4) for layer, v in raw.items()},
+        "dev_mrr_teacher": None if teacher is None else round(group_mrr(teacher, size), 4),
         "dev_logloss": {
             layer: [round(f.loss_before, 4), round(f.loss_after, 4)] for layer, f in fits.items()
         },

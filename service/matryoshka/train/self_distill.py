@@ -15,6 +15,7 @@ started again with the same work directory resumes from the last one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -108,6 +109,7 @@ class Trainer:
         *,
         backbone_trainable: bool,
         teacher_fn: Callable[[Sequence[TrainingGroup]], Tensor] | None = None,
+        head_layers: Sequence[int] | None = None,
     ) -> None:
         if not groups:
             raise ValueError("no training groups")
@@ -124,9 +126,11 @@ class Trainer:
         self.params = params
         self.backbone_trainable = backbone_trainable
         self.teacher_fn = teacher_fn
-        self.head_layers = tuple(model.scorer.head_layers)
+        self.head_layers = tuple(head_layers or model.scorer.head_layers)
         self.teacher_layers = config.teachers(self.head_layers, model.backbone.num_layers)
-        self.cache = FeatureCache(workdir / "features") if not backbone_trainable else None
+        self.cache = None
+        if not backbone_trainable:
+            self.cache = FeatureCache(workdir / "features", self._pass_identity())
         heads = [p for k, p in params.items() if k.startswith("heads.")]
         adapters = [p for k, p in params.items() if not k.startswith("heads.")]
         groups_ = [{"params": heads, "lr": config.learning_rate}]
@@ -135,6 +139,19 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups_, weight_decay=config.weight_decay)
 
     # -- the pass ------------------------------------------------------------------------------------
+
+    def _pass_identity(self) -> str:
+        """What the cached passes depend on: weights, template, structures, layers, groups, truncation."""
+        identity = {
+            "model": self.model.fingerprint,
+            "template": self.model.template.version,
+            "structures": [s.label for s in self.config.structures],
+            "head_layers": list(self.head_layers),
+            "truncation": asdict(self.config.truncation),
+            "teacher": self.config.external_teacher,
+            "groups": [[g.query_id, *(c.doc_id for c in g.candidates)] for g in self.groups],
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     def features(self, index: int) -> PassOutput:
         """Pooled states of one group (from the cache when the backbone is frozen)."""
@@ -308,11 +325,18 @@ class Trainer:
 
 
 class FeatureCache:
-    """Pooled states of frozen-backbone passes, one safetensors file per group."""
+    """Pooled states of frozen-backbone passes, one safetensors file per group, valid for one identity
+    (a hash of everything the passes depend on); a folder holding another identity is refused."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, identity: str) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        stamp = root / "identity.txt"
+        if stamp.is_file() and stamp.read_text().strip() != identity:
+            raise ValueError(
+                f"{root} holds passes of another model, data or configuration; use a new --workdir"
+            )
+        stamp.write_text(identity + "\n")
         self._memory: dict[int, PassOutput] = {}
 
     def _file(self, index: int) -> Path:
