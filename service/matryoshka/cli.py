@@ -438,6 +438,14 @@ def eval_sweep(
 # -- train --------------------------------------------------------------------------------------------
 
 
+def _command_line() -> str:
+    """This invocation as a shell command (recorded in artifacts' provenance)."""
+    import shlex
+    import sys
+
+    return "matryoshka " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 @app.command("train")
 def train_command(
     data: Annotated[
@@ -473,9 +481,6 @@ def train_command(
     progress: ProgressOpt = True,
 ) -> None:
     """Train heads (+ LoRA), compensation and calibration; write an artifact (resumable via --workdir)."""
-    import shlex
-    import sys
-
     from matryoshka.model.compensation import CompensationConfig
     from matryoshka.model.prompt import Truncation
     from matryoshka.train.data import GroupSpec
@@ -510,7 +515,7 @@ def train_command(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    command = "matryoshka " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line()
     metrics = train(
         recipe, workdir or Path("out") / "train" / out.name, out, command=command, progress=progress
     )
@@ -560,9 +565,6 @@ def distill_command(
     progress: ProgressOpt = True,
 ) -> None:
     """Rank-DistiLLM: distil a teacher's ranking (hard + deep sampling, listwise KL) into an artifact."""
-    import shlex
-    import sys
-
     import torch
 
     from matryoshka.model.artifact import Provenance, save_artifact
@@ -639,7 +641,7 @@ def distill_command(
         "temperature": temperature,
         "max_passage_tokens": max_passage_tokens,
     }
-    command = "matryoshka " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line()
     save_artifact(model, out, lora=adapter, provenance=Provenance(command, hashes, settings, metrics))
     typer.echo(json.dumps(metrics, indent=2))
     typer.echo(f"artifact written to {out}")

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from matryoshka.model.backbone import Backbone
 
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ADAPTER_TENSORS = ("v_a", "v_b", "h_a", "h_b")  # the trainable (and stored) tensors of an adapter
 ENCODER_TARGETS = ("query", "key", "value", "dense")
 
 
@@ -145,7 +146,7 @@ class Compensation(nn.Module):
             f"{layer}.{name}.{p}": getattr(module, p).detach().cpu().contiguous()
             for layer in self.layers
             for name, module in self._layer(layer).items()
-            for p in ("v_a", "v_b", "h_a", "h_b")
+            for p in ADAPTER_TENSORS
         }
 
     def load_adapter_state(self, tensors: dict[str, Tensor]) -> None:

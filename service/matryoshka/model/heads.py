@@ -100,9 +100,12 @@ class HeadScorer(Scorer):
 
     def logits(self, state: LayerState) -> Tensor:
         self._check(state)
-        head: Any = self.heads[str(state.layer)]
-        pooled = self.backbone.pooled(state).to(head.weight.dtype)
-        return head(pooled).squeeze(-1).float()  # type: ignore[no-any-return]
+        return self.head_logits(state.layer, self.backbone.pooled(state))
+
+    def head_logits(self, layer: int, pooled: Tensor) -> Tensor:
+        """(batch,) fp32 raw scores of the head at `layer` on already pooled anchor states."""
+        head: Any = self.heads[str(layer)]
+        return head(pooled.to(head.weight.dtype)).squeeze(-1).float()  # type: ignore[no-any-return]
 
     def flops_per_row(self, query_tokens: int) -> int:
         return 2 * self.backbone.hidden_size

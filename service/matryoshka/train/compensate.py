@@ -12,12 +12,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from matryoshka.model.compensation import Compensation, CompensationConfig
+from matryoshka.model.compensation import ADAPTER_TENSORS, Compensation, CompensationConfig
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.train.data import TrainingGroup
-from matryoshka.train.self_distill import DistillConfig, RunSummary, Trainer, frozen_query_likelihood
-
-ADAPTER_TENSORS = ("v_a", "v_b", "h_a", "h_b")
+from matryoshka.train.self_distill import (
+    DistillConfig,
+    RunSummary,
+    Trainer,
+    frozen_query_likelihood,
+    train_only,
+)
 
 
 def compensate(
@@ -34,15 +38,12 @@ def compensate(
     if not any(s.width for s in config.structures):
         raise ValueError("compensation needs at least one compressed structure to train H-LoRA")
     adapters = model.backbone.compensation or Compensation(model.backbone, compensation)
-    for p in model.parameters():
-        p.requires_grad_(False)
     params = {
         f"compensation.{name}": p
         for name, p in adapters.named_parameters()
         if name.rsplit(".", 1)[-1] in ADAPTER_TENSORS
     }
-    for p in params.values():
-        p.requires_grad_(True)
+    train_only(model, params)
 
     @contextmanager
     def adapters_off() -> Iterator[None]:

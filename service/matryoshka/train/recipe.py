@@ -81,16 +81,16 @@ def prepare_groups(
     """Build (or reload) the groups, then the seeded train/dev split; returns data file hashes too."""
     file = workdir / "groups.jsonl"
     if file.is_file():
-        groups = load_groups(file)
+        groups, sha = load_groups(file), sha256_file(file)
     else:
         groups = []
         for source in recipe.sources:
             groups += build_groups(load_collection(source.path), source.split, recipe.groups)
         size = recipe.groups.negatives + 1
         groups = [g for g in groups if len(g.candidates) == size]
-        save_groups(groups, file)
+        sha = save_groups(groups, file)
     train, dev = split_groups(groups, recipe.dev_fraction, recipe.groups.seed)
-    return train, dev, {file.name: sha256_file(file)}
+    return train, dev, {file.name: sha}
 
 
 def dev_logits(

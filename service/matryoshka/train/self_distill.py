@@ -402,6 +402,15 @@ class LoraSettings:
     alpha: int = 32
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
+    def peft_config(self) -> dict[str, Any]:
+        """The peft `LoraConfig` fields (also what an artifact stores to rebuild it)."""
+        return {
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "target_modules": list(self.targets),
+            "lora_dropout": 0.0,
+        }
+
 
 def self_distill(
     model: MatryoshkaModel,
@@ -439,16 +448,18 @@ def add_lora(
     if lora.rank > 0:
         from peft import LoraConfig, get_peft_model
 
-        lora_config = LoraConfig(
-            r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.targets), lora_dropout=0.0
-        )
-        peft_model = get_peft_model(model.backbone.hf_model, lora_config)
+        peft_model = get_peft_model(model.backbone.hf_model, LoraConfig(**lora.peft_config()))
         params.update({f"lora.{k}": p for k, p in peft_model.named_parameters() if p.requires_grad})
+    train_only(model, params)
+    return peft_model, params
+
+
+def train_only(model: MatryoshkaModel, params: dict[str, nn.Parameter]) -> None:
+    """Freeze every parameter of `model` except `params`."""
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params.values():
         p.requires_grad_(True)
-    return peft_model, params
 
 
 def merge_lora(model: MatryoshkaModel, peft_model: Any, lora: LoraSettings) -> LoraAdapter:
@@ -457,13 +468,9 @@ def merge_lora(model: MatryoshkaModel, peft_model: Any, lora: LoraSettings) -> L
     from peft import get_peft_model_state_dict
 
     state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
-    adapter = LoraAdapter(
-        {"r": lora.rank, "lora_alpha": lora.alpha, "target_modules": list(lora.targets), "lora_dropout": 0.0},
-        state,
-    )
+    adapter = LoraAdapter(lora.peft_config(), state)
     peft_model.merge_and_unload()  # the layers hold plain, updated weights again, as after loading
-    for p in model.parameters():
-        p.requires_grad_(False)
+    train_only(model, {})
     return adapter
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from matryoshka.model.heads import QueryLikelihoodScorer
+from matryoshka.model.heads import HeadScorer, QueryLikelihoodScorer
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import EncodedPair
 from matryoshka.model.state import LayerState
@@ -106,18 +105,6 @@ def run_pass(
 
 def head_logits(model: MatryoshkaModel, pooled: Tensor, layer: int) -> Tensor:
     """Raw logits of the head at `layer` on pooled anchor states."""
-    heads = getattr(model.scorer, "heads", None)
-    if heads is None:
+    if not isinstance(model.scorer, HeadScorer):
         raise ValueError(f"model scores by {model.scorer.name}; training needs heads")
-    head = heads[str(layer)]
-    return head(pooled.to(head.weight.dtype)).squeeze(-1).float()  # type: ignore[no-any-return]
-
-
-def as_groups(logits: Tensor, group_size: int) -> Tensor:
-    """(groups * size,) -> (groups, size)."""
-    return logits.view(-1, group_size)
-
-
-def stack_layers(values: dict[int, Tensor]) -> Tensor:
-    """Layer-keyed tensors stacked in layer order."""
-    return torch.stack([values[k] for k in sorted(values)])
+    return model.scorer.head_logits(layer, pooled)
