@@ -84,3 +84,14 @@ def test_anchor_attention_matches_eager_attention(tiny_tokenizer: PreTrainedToke
     rows = torch.arange(state.batch_size)
     theirs = out.attentions[0].mean(dim=1)[rows, anchor]
     torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scoring", ["heads", "query_likelihood"])
+def test_scorer_owns_only_its_heads(tiny_tokenizer: PreTrainedTokenizerFast, scoring: str) -> None:
+    """Casting the scorer (as the bench does for fp32 heads) must leave the backbone's dtype alone."""
+    model = MatryoshkaModel.from_hf("tiny-llama", tiny_llama(), tiny_tokenizer, scoring=scoring)  # type: ignore[arg-type]
+    backbone_params = {id(p) for p in model.backbone.parameters()}
+    assert not backbone_params & {id(p) for p in model.scorer.parameters()}
+    model.backbone.hf_model.to(torch.bfloat16)
+    model.scorer.to(torch.float32)
+    assert model.backbone.dtype == torch.bfloat16

@@ -55,6 +55,7 @@ class Scorer(nn.Module):
     """Scores rows of a state at a head layer; `head_layers` lists where it can."""
 
     name: str = "scorer"
+    backbone: Backbone
 
     def __init__(self, backbone: Backbone, head_layers: Sequence[int]) -> None:
         super().__init__()
@@ -62,7 +63,9 @@ class Scorer(nn.Module):
         bad = [layer for layer in layers if not 1 <= layer <= backbone.num_layers]
         if not layers or bad:
             raise ValueError(f"head layers must be a non-empty subset of 1..{backbone.num_layers}, got {bad}")
-        self.backbone = backbone
+        # A plain reference, not a submodule: the scorer owns only its heads and calibration, so
+        # `scorer.to(dtype)` or `scorer.parameters()` never reach the backbone's weights.
+        self.__dict__["backbone"] = backbone
         self.head_layers = layers
         self.calibration = Calibration(layers)
 
@@ -115,6 +118,7 @@ class QueryLikelihoodScorer(Scorer):
     """Mean log-probability of the query tokens given everything before them (decoders only)."""
 
     name = "query_likelihood"
+    decoder: DecoderBackbone
 
     def __init__(self, backbone: Backbone, head_layers: Sequence[int] | None = None) -> None:
         if not isinstance(backbone, DecoderBackbone):
@@ -122,7 +126,7 @@ class QueryLikelihoodScorer(Scorer):
         # Any layer can be read through the final norm and LM head ("logit lens"); the executor only
         # pays for the layers a plan scores at, and intermediate layers are weak until trained.
         super().__init__(backbone, head_layers or range(1, backbone.num_layers + 1))
-        self.decoder = backbone
+        self.__dict__["decoder"] = backbone  # a reference, as `backbone` above
 
     def logits(self, state: LayerState) -> Tensor:
         self._check(state)
