@@ -477,6 +477,10 @@ def train_command(
         str, typer.Option(help="External teacher: query_likelihood (the backbone's own, full depth) or none.")
     ] = "query_likelihood",
     max_passage_tokens: Annotated[int, typer.Option(min=8, help="Passage tokens kept.")] = 192,
+    cut_min_words: Annotated[
+        int, typer.Option(min=0, help="Cut each passage to a random length >= this many words (0: off).")
+    ] = 0,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast for the backbone pass.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for groups, order and initialisation.")] = 13,
     progress: ProgressOpt = True,
 ) -> None:
@@ -495,7 +499,13 @@ def train_command(
         recipe = Recipe(
             backbone=model,
             sources=sources,
-            groups=GroupSpec(negatives=negatives, depth=depth, seed=seed, max_queries=max_queries),
+            groups=GroupSpec(
+                negatives=negatives,
+                depth=depth,
+                seed=seed,
+                max_queries=max_queries,
+                cut_min_words=cut_min_words,
+            ),
             distill=DistillConfig(
                 external_teacher=teacher,  # type: ignore[arg-type]
                 self_distill=self_distill,
@@ -504,6 +514,7 @@ def train_command(
                 learning_rate=learning_rate,
                 adapter_learning_rate=adapter_learning_rate,
                 seed=seed,
+                bf16=bf16,
                 truncation=Truncation(max_passage_tokens=max_passage_tokens),
             ),
             lora=LoraSettings(rank=lora_rank),

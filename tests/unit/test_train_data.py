@@ -61,6 +61,19 @@ def test_groups_have_the_positive_first_and_never_a_relevant_negative(train_coll
     assert groups == build_groups(collection, "train", GroupSpec(negatives=2, depth=8, min_grade=2))
 
 
+def test_passage_cuts_keep_a_seeded_prefix_of_at_least_min_words(train_collection: Path) -> None:
+    collection = load_collection(train_collection)
+    plain = build_groups(collection, "train", GroupSpec(negatives=3, depth=8))
+    cut = build_groups(collection, "train", GroupSpec(negatives=3, depth=8, cut_min_words=2))
+    assert cut == build_groups(collection, "train", GroupSpec(negatives=3, depth=8, cut_min_words=2))
+    pairs = [(a, b) for ga, gb in zip(plain, cut, strict=True) for a, b in zip(ga.candidates, gb.candidates)]
+    assert all(a.doc_id == b.doc_id and a.label == b.label for a, b in pairs)  # same sampling
+    assert all(a.text.startswith(b.text) and len(b.text.split()) >= 2 for a, b in pairs)
+    assert any(len(b.text.split()) < len(a.text.split()) for a, b in pairs)
+    with pytest.raises(ValueError, match="cut_min_words"):
+        build_groups(collection, "train", GroupSpec(cut_min_words=-1))
+
+
 def test_groups_round_trip_through_jsonl_and_split_by_query(train_collection: Path, tmp_path: Path) -> None:
     groups = build_groups(load_collection(train_collection), "train", GroupSpec(negatives=2, depth=8))
     sha = save_groups(groups, tmp_path / "groups.jsonl")

@@ -55,6 +55,6 @@ def compensate(
 
     teacher_fn = None
     if config.external_teacher == "query_likelihood":
-        teacher_fn = frozen_query_likelihood(model, adapters_off, config.truncation)
+        teacher_fn = frozen_query_likelihood(model, adapters_off, config)
     trainer = Trainer(model, groups, config, workdir, params, backbone_trainable=True, teacher_fn=teacher_fn)
     return trainer.run(progress=progress, max_steps=max_steps), adapters

@@ -56,6 +56,10 @@ class GroupSpec:
     seed: int = 13
     max_queries: int | None = None
     min_grade: int = 1  # judged grades >= this can be a group's positive
+    # Passage-length augmentation: when > 0, each candidate keeps a random number of its leading
+    # words, drawn uniformly from [cut_min_words, its length], so a head on the last token sees
+    # short and long passages side by side (training corpora are abstracts, MS MARCO passages are short).
+    cut_min_words: int = 0
 
 
 def refuse_benchmark(collection: Collection) -> None:
@@ -77,6 +81,8 @@ def build_groups(collection: Collection, split: str, spec: GroupSpec) -> list[Tr
     refuse_benchmark(collection)
     if spec.negatives < 1:
         raise ValueError(f"negatives must be >= 1, got {spec.negatives}")
+    if spec.cut_min_words < 0:
+        raise ValueError(f"cut_min_words must be >= 0, got {spec.cut_min_words}")
     qrels = collection.qrels(split)
     query_ids = [q for q in collection.query_ids(split) if _positives(qrels[q], spec.min_grade)]
     if spec.max_queries is not None:
@@ -159,9 +165,19 @@ def _group(
         return None
     positive = rng.choice(known)
     negatives = rng.sample(pool, min(spec.negatives, len(pool)))
-    cands = [Candidate(positive, document_text(collection.corpus[positive]), 1)]
-    cands += [Candidate(doc, document_text(collection.corpus[doc]), 0) for doc in negatives]
-    return TrainingGroup(qid, collection.queries[qid], tuple(cands), collection.name)
+    cands = tuple(
+        Candidate(doc, _cut(document_text(collection.corpus[doc]), rng, spec.cut_min_words), label)
+        for doc, label in [(positive, 1), *((doc, 0) for doc in negatives)]
+    )
+    return TrainingGroup(qid, collection.queries[qid], cands, collection.name)
+
+
+def _cut(text: str, rng: random.Random, min_words: int) -> str:
+    """`text` cut to a random number of leading words in [min_words, all] (unchanged when min_words is 0)."""
+    words = text.split()
+    if min_words <= 0 or len(words) <= min_words:
+        return text
+    return " ".join(words[: rng.randint(min_words, len(words))])
 
 
 def _stable_hash(text: str) -> int:

@@ -31,7 +31,7 @@ from matryoshka.train.data import (
     split_groups,
 )
 from matryoshka.train.self_distill import DistillConfig, LoraSettings, RunSummary, self_distill
-from matryoshka.train.structures import FULL, Structure, head_logits, run_pass
+from matryoshka.train.structures import FULL, Structure, backbone_autocast, head_logits, run_pass
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,12 @@ def prepare_groups(
 
 
 def dev_logits(
-    model: MatryoshkaModel, groups: Sequence[TrainingGroup], structure: Structure, truncation: Truncation
+    model: MatryoshkaModel,
+    groups: Sequence[TrainingGroup],
+    structure: Structure,
+    truncation: Truncation,
+    *,
+    bf16: bool = False,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor | None]:
     """Per head layer, the raw logits of every dev pair under `structure`; the 0/1 labels; and the
     backbone's full-depth query likelihood of each pair (decoders whose heads reach the last layer)."""
@@ -104,7 +109,7 @@ def dev_logits(
     structures = [FULL] if not structure.width else [FULL, structure]
     index = len(structures) - 1
     want_ql = model.backbone.family == "decoder" and max(layers) == model.backbone.num_layers
-    with torch.no_grad():
+    with torch.no_grad(), backbone_autocast(model, bf16):
         for g in groups:
             pairs = model.encode(g.query, [c.text for c in g.candidates], truncation)
             out = run_pass(model, pairs, structures, layers, query_likelihood=want_ql)
@@ -162,7 +167,7 @@ def train(
         summaries["compensation"] = stage2
     size = recipe.groups.negatives + 1
     truncation = recipe.distill.truncation
-    raw, labels, teacher = dev_logits(model, dev_groups, FULL, truncation)
+    raw, labels, teacher = dev_logits(model, dev_groups, FULL, truncation, bf16=recipe.distill.bf16)
     fits = calibrate(model.scorer.calibration, raw, labels)
     model.calibration_version = f"platt-dev-{len(dev_groups)}q"
     metrics: dict[str, Any] = {

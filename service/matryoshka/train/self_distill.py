@@ -37,7 +37,14 @@ from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
 from matryoshka.train import losses
 from matryoshka.train.data import TrainingGroup
-from matryoshka.train.structures import FULL, PassOutput, Structure, head_logits, run_pass
+from matryoshka.train.structures import (
+    FULL,
+    PassOutput,
+    Structure,
+    backbone_autocast,
+    head_logits,
+    run_pass,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     seed: int = 13
     checkpoint_every: int = 100
+    bf16: bool = True  # bf16 autocast for the backbone pass; heads, losses and optimiser stay fp32
     truncation: Truncation = field(default_factory=Truncation)
 
     def teachers(self, head_layers: Sequence[int], num_layers: int) -> tuple[int, ...]:
@@ -148,6 +156,7 @@ class Trainer:
             "structures": [s.label for s in self.config.structures],
             "head_layers": list(self.head_layers),
             "truncation": asdict(self.config.truncation),
+            "bf16": self.config.bf16,
             "teacher": self.config.external_teacher,
             "groups": [[g.query_id, *(c.doc_id for c in g.candidates)] for g in self.groups],
         }
@@ -162,14 +171,17 @@ class Trainer:
         group = self.groups[index]
         pairs = self.model.encode(group.query, [c.text for c in group.candidates], self.config.truncation)
         want_ql = self.config.external_teacher == "query_likelihood" and self.teacher_fn is None
-        if self.cache is not None:
-            with torch.no_grad():
-                out = run_pass(
-                    self.model, pairs, self.config.structures, self.head_layers, query_likelihood=want_ql
-                )
-            self.cache.put(index, out)
-            return out
-        return run_pass(self.model, pairs, self.config.structures, self.head_layers, query_likelihood=want_ql)
+        with backbone_autocast(self.model, self.config.bf16):
+            if self.cache is not None:
+                with torch.no_grad():
+                    out = run_pass(
+                        self.model, pairs, self.config.structures, self.head_layers, query_likelihood=want_ql
+                    )
+                self.cache.put(index, out)
+                return out
+            return run_pass(
+                self.model, pairs, self.config.structures, self.head_layers, query_likelihood=want_ql
+            )
 
     def precompute(self, indices: Sequence[int], progress: bool = True) -> None:
         """Fill the feature cache for `indices` (no-op when the backbone trains)."""
@@ -428,7 +440,7 @@ def self_distill(
     peft_model, params = add_lora(model, head_parameters(model), lora)
     teacher_fn = None
     if peft_model is not None and config.external_teacher == "query_likelihood":
-        teacher_fn = frozen_query_likelihood(model, peft_model.disable_adapter, config.truncation)
+        teacher_fn = frozen_query_likelihood(model, peft_model.disable_adapter, config)
     trainer = Trainer(
         model, groups, config, workdir, params, backbone_trainable=lora.rank > 0, teacher_fn=teacher_fn
     )
@@ -475,16 +487,16 @@ def merge_lora(model: MatryoshkaModel, peft_model: Any, lora: LoraSettings) -> L
 
 
 def frozen_query_likelihood(
-    model: MatryoshkaModel, adapters_off: Callable[[], AbstractContextManager[object]], truncation: Truncation
+    model: MatryoshkaModel, adapters_off: Callable[[], AbstractContextManager[object]], config: DistillConfig
 ) -> Callable[[Sequence[TrainingGroup]], Tensor]:
     """The untouched backbone's full-depth query likelihood (adapters off) as the external teacher."""
     layers = (model.backbone.num_layers,)
 
     def teacher(groups: Sequence[TrainingGroup]) -> Tensor:
         rows = []
-        with torch.no_grad(), adapters_off():
+        with torch.no_grad(), adapters_off(), backbone_autocast(model, config.bf16):
             for g in groups:
-                pairs = model.encode(g.query, [c.text for c in g.candidates], truncation)
+                pairs = model.encode(g.query, [c.text for c in g.candidates], config.truncation)
                 out = run_pass(model, pairs, [FULL], layers, query_likelihood=True)
                 assert out.query_likelihood is not None
                 rows.append(out.query_likelihood)

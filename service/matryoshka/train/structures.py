@@ -8,8 +8,10 @@ structure off at its first merge layer, so shallower students with larger widths
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from matryoshka.model.heads import HeadScorer, QueryLikelihoodScorer
@@ -108,3 +110,8 @@ def head_logits(model: MatryoshkaModel, pooled: Tensor, layer: int) -> Tensor:
     if not isinstance(model.scorer, HeadScorer):
         raise ValueError(f"model scores by {model.scorer.name}; training needs heads")
     return model.scorer.head_logits(layer, pooled)
+
+
+def backbone_autocast(model: MatryoshkaModel, enabled: bool) -> AbstractContextManager[object]:
+    """bf16 autocast on the backbone's device: matmuls in bf16, fp32 weights stay the master copy."""
+    return torch.autocast(model.backbone.device.type, dtype=torch.bfloat16, enabled=enabled)
