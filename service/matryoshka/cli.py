@@ -231,7 +231,7 @@ MaxQueriesOpt = Annotated[
     int | None, typer.Option(min=1, help="Evaluate only the first N judged queries (queries.jsonl order).")
 ]
 ModelOpt = Annotated[str, typer.Option(help="Backbone to load.")]
-DtypeOpt = Annotated[str, typer.Option(help="float32 or bfloat16.")]
+DtypeOpt = Annotated[str, typer.Option(help="bfloat16 (what the service serves) or float32.")]
 ScoringOpt = Annotated[
     str | None,
     typer.Option(help="heads (untrained) or query_likelihood (zero-shot); default: the shipped artifact."),
@@ -319,7 +319,7 @@ def eval_compare(
         str, typer.Option(help="Comma list of full, light, adaptive; '' for the first stage only.")
     ] = "full,light,adaptive",
     model: ModelOpt = DEFAULT_BACKBONE,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = "bfloat16",
     scoring: ScoringOpt = None,
     artifact: ArtifactOpt = None,
     relevance_level: RelevanceOpt = None,
@@ -381,7 +381,7 @@ def eval_sweep(
     top_k: TopKOpt = 100,
     max_queries: MaxQueriesOpt = None,
     model: ModelOpt = DEFAULT_BACKBONE,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = "bfloat16",
     scoring: ScoringOpt = None,
     artifact: ArtifactOpt = None,
     relevance_level: RelevanceOpt = None,
