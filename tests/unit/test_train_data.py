@@ -66,7 +66,11 @@ def test_passage_cuts_keep_a_seeded_prefix_of_at_least_min_words(train_collectio
     plain = build_groups(collection, "train", GroupSpec(negatives=3, depth=8))
     cut = build_groups(collection, "train", GroupSpec(negatives=3, depth=8, cut_min_words=2))
     assert cut == build_groups(collection, "train", GroupSpec(negatives=3, depth=8, cut_min_words=2))
-    pairs = [(a, b) for ga, gb in zip(plain, cut, strict=True) for a, b in zip(ga.candidates, gb.candidates)]
+    pairs = [
+        (a, b)
+        for ga, gb in zip(plain, cut, strict=True)
+        for a, b in zip(ga.candidates, gb.candidates, strict=True)
+    ]
     assert all(a.doc_id == b.doc_id and a.label == b.label for a, b in pairs)  # same sampling
     assert all(a.text.startswith(b.text) and len(b.text.split()) >= 2 for a, b in pairs)
     assert any(len(b.text.split()) < len(a.text.split()) for a, b in pairs)
