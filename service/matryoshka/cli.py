@@ -457,10 +457,20 @@ def train_command(
         Path | None, typer.Option(help="Checkpoints, cached passes and groups (default: out/train/<name>).")
     ] = None,
     model: Annotated[str, typer.Option(help="Backbone to train on.")] = DEFAULT_BACKBONE,
+    scoring: Annotated[
+        str,
+        typer.Option(help="heads (per-layer heads) or lens (query likelihood through a depth lens)."),
+    ] = "heads",
+    lens_layers: Annotated[
+        str, typer.Option(help="Comma list of the lensed exit layers (--scoring lens).")
+    ] = "10,15,20,25",
     negatives: Annotated[int, typer.Option(min=1, help="BM25 hard negatives per group.")] = 7,
     depth: Annotated[int, typer.Option(min=1, help="BM25 depth negatives are drawn from.")] = 100,
     max_queries: Annotated[int | None, typer.Option(min=1, help="Groups per data source (first N).")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Self-distillation epochs.")] = 4,
+    dev_fraction: Annotated[
+        float, typer.Option(min=0.01, max=0.5, help="Share of the queries held out for calibration.")
+    ] = 0.1,
+    epochs: Annotated[int, typer.Option(min=1, help="Self-distillation (or lens) epochs.")] = 4,
     groups_per_step: Annotated[int, typer.Option(min=1, help="Groups per optimiser step.")] = 8,
     learning_rate: Annotated[float, typer.Option(help="Heads' learning rate.")] = 1e-3,
     adapter_learning_rate: Annotated[float, typer.Option(help="LoRA / compensation learning rate.")] = 1e-4,
@@ -484,21 +494,27 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed for groups, order and initialisation.")] = 13,
     progress: ProgressOpt = True,
 ) -> None:
-    """Train heads (+ LoRA), compensation and calibration; write an artifact (resumable via --workdir)."""
+    """Train heads (+ LoRA), compensation and calibration, or a depth lens; write an artifact (resumable)."""
     from matryoshka.model.compensation import CompensationConfig
     from matryoshka.model.prompt import Truncation
     from matryoshka.train.data import GroupSpec
-    from matryoshka.train.recipe import DataSource, Recipe, train
+    from matryoshka.train.recipe import DataSource, Recipe, train, train_lens
     from matryoshka.train.self_distill import DistillConfig, LoraSettings
 
     if teacher not in ("query_likelihood", "none"):
         raise typer.BadParameter("use query_likelihood or none", param_hint="--teacher")
+    if scoring not in ("heads", "lens"):
+        raise typer.BadParameter("use heads or lens", param_hint="--scoring")
     try:
         sources = tuple(DataSource.parse(spec) for spec in data)
         widths = tuple(float(r) for r in ratios.split(",") if r.strip())
+        lensed = tuple(int(layer) for layer in lens_layers.split(",") if layer.strip())
         recipe = Recipe(
             backbone=model,
             sources=sources,
+            scoring=scoring,  # type: ignore[arg-type]
+            lens_layers=lensed,
+            dev_fraction=dev_fraction,
             groups=GroupSpec(
                 negatives=negatives,
                 depth=depth,
@@ -527,7 +543,8 @@ def train_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     command = _command_line()
-    metrics = train(
+    run = train_lens if scoring == "lens" else train
+    metrics = run(
         recipe, workdir or Path("out") / "train" / out.name, out, command=command, progress=progress
     )
     typer.echo(json.dumps(metrics, indent=2))

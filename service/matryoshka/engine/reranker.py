@@ -96,12 +96,12 @@ class Reranker:
         if artifact is None and scoring is None:
             artifact = shipped_artifact(name)
         if artifact is not None:
-            if scoring == "query_likelihood":
-                raise ValueError("an artifact scores with its trained heads, not query likelihood")
             path = Path(artifact)
             manifest = read_manifest(path)
             if manifest["backbone"]["name"] != name:
                 raise ValueError(f"{path} was trained on {manifest['backbone']['name']}, not {name}")
+            if scoring is not None and scoring != manifest["scoring"]:
+                raise ValueError(f"{path} scores by {manifest['scoring']}, not {scoring}")
             return cls(load_artifact(path, dtype=DTYPES[dtype]))
         loaded = load_backbone(name, DTYPES[dtype])
         if scoring is None:

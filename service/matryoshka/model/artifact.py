@@ -3,7 +3,8 @@
     manifest.json            backbone (package, file, sha256), template, scoring, head layers,
                              calibration, adapter configs, training command + data hashes, metrics,
                              and the sha256 of every tensor file
-    heads.safetensors        per-layer heads (and the calibration buffers)
+    heads.safetensors        the scorer's trained tensors: per-layer heads, or the depth lens's
+                             translators for query-likelihood scoring
     lora.safetensors         optional stage-1 LoRA (peft), merged into the backbone at load
     compensation.safetensors optional V-LoRA / H-LoRA (model/compensation.py), applied per row
 
@@ -25,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from matryoshka.model.compensation import Compensation, CompensationConfig
-from matryoshka.model.heads import HeadScorer
+from matryoshka.model.heads import HeadScorer, QueryLikelihoodScorer, Scorer
 from matryoshka.model.loading import BACKBONES, LoadedBackbone, load_backbone, sha256_file
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 
@@ -89,13 +90,11 @@ def save_artifact(
 ) -> str:
     """Write `model`'s heads, calibration and adapters to `path`; returns the artifact hash."""
     scorer = model.scorer
-    if not isinstance(scorer, HeadScorer):
-        raise ArtifactError(f"only trained heads are saved as artifacts, this model scores by {scorer.name}")
     if model.name not in BACKBONES and model.fingerprint == "unversioned":
         raise ArtifactError("the model has no backbone fingerprint to pin the artifact to")
     path.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    heads = {k: v.detach().to(dtype).cpu().contiguous() for k, v in scorer.heads.state_dict().items()}
+    heads = {k: v.detach().to(dtype).cpu().contiguous() for k, v in _trained(scorer).state_dict().items()}
     files[HEADS_FILE] = _save(heads, path / HEADS_FILE)
     compensation: Compensation | None = model.backbone.compensation
     if compensation is not None:
@@ -114,6 +113,7 @@ def save_artifact(
         "template": {"name": model.template.name, "version": model.template.version},
         "scoring": scorer.name,
         "head_layers": list(scorer.head_layers),
+        "lens_layers": list(scorer.lens.layers) if isinstance(scorer, QueryLikelihoodScorer) else [],
         "calibration": {
             "version": model.calibration_version,
             "temperature": calibration.temperature.tolist(),
@@ -168,8 +168,9 @@ def load_artifact(
         want["name"],
         hf_model,
         loaded.tokenizer,
-        scoring="heads",
+        scoring=manifest["scoring"],
         head_layers=manifest["head_layers"],
+        lens_layers=manifest.get("lens_layers", []),
         fingerprint=loaded.sha256,
         template=manifest["template"]["name"],
     )
@@ -179,8 +180,7 @@ def load_artifact(
             f"this build has {model.template.version}"
         )
     scorer = model.scorer
-    assert isinstance(scorer, HeadScorer)
-    scorer.heads.load_state_dict({k: v.float() for k, v in tensors[HEADS_FILE].items()})
+    _trained(scorer).load_state_dict({k: v.float() for k, v in tensors[HEADS_FILE].items()})
     cal = manifest["calibration"]
     for layer, t, b in zip(scorer.head_layers, cal["temperature"], cal["bias"], strict=True):
         scorer.calibration.set(layer, t, b)
@@ -199,6 +199,15 @@ def load_artifact(
     model.to(loaded.model.device)
     model.eval()
     return model
+
+
+def _trained(scorer: Scorer) -> torch.nn.Module:
+    """The module holding what training gave a scorer: its heads, or its depth lens."""
+    if isinstance(scorer, HeadScorer):
+        return scorer.heads
+    if isinstance(scorer, QueryLikelihoodScorer):
+        return scorer.lens
+    raise ArtifactError(f"a {scorer.name} scorer has nothing trained to save")
 
 
 def _compensation_config(compensation: Compensation | None) -> dict[str, Any] | None:

@@ -3,8 +3,8 @@
 Two scorers share one interface:
 - `HeadScorer`: per-layer linear heads on the anchor's hidden state (paper eq. 5). Decoder heads start
   from the lm_head row of "Yes" and read the final-normed state; encoder heads read [CLS].
-- `QueryLikelihoodScorer`: zero-shot mean log p(query | passage) through the LM head (UPR), usable
-  before any head is trained and as the full-depth teacher signal.
+- `QueryLikelihoodScorer`: mean log p(query | passage) through the LM head (UPR): zero-shot at full
+  depth, and at shallower layers through a trained depth lens (model/lens.py) when it has one.
 Both carry a per-layer calibration (temperature, bias) so that probabilities mean the same at
 every layer: p = sigmoid(logit / temperature + bias); identity (1, 0) until fitted.
 """
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from matryoshka.model.backbone import Backbone, DecoderBackbone
+from matryoshka.model.lens import DepthLens
 from matryoshka.model.state import LayerState, Segment
 
 
@@ -120,13 +121,22 @@ class QueryLikelihoodScorer(Scorer):
     name = "query_likelihood"
     decoder: DecoderBackbone
 
-    def __init__(self, backbone: Backbone, head_layers: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, backbone: Backbone, head_layers: Sequence[int] | None = None, lens_layers: Sequence[int] = ()
+    ) -> None:
         if not isinstance(backbone, DecoderBackbone):
             raise ValueError("query-likelihood scoring needs a decoder backbone with an LM head")
         # Any layer can be read through the final norm and LM head ("logit lens"); the executor only
-        # pays for the layers a plan scores at, and intermediate layers are weak until trained.
+        # pays for the layers a plan scores at. Intermediate layers are weak until a depth lens is
+        # trained for them (`lens_layers`, each below the last layer).
         super().__init__(backbone, head_layers or range(1, backbone.num_layers + 1))
         self.__dict__["decoder"] = backbone  # a reference, as `backbone` above
+        bad = [
+            layer for layer in lens_layers if layer not in self.head_layers or layer == backbone.num_layers
+        ]
+        if bad:
+            raise ValueError(f"lens layers must be head layers below the last layer, got {bad}")
+        self.lens = DepthLens(backbone.hidden_size, lens_layers)
 
     def logits(self, state: LayerState) -> Tensor:
         self._check(state)
@@ -134,7 +144,7 @@ class QueryLikelihoodScorer(Scorer):
         # Token t is predicted by the hidden state at t - 1.
         predicts = torch.zeros_like(is_query)
         predicts[:, :-1] = is_query[:, 1:]
-        hidden = self.decoder.norm(state.hidden[predicts])
+        hidden = self.decoder.norm(self.lens(state.layer, state.hidden[predicts]))
         log_probs = torch.log_softmax(self.decoder.lm_head(hidden).float(), dim=-1)
         targets = state.token_ids[:, 1:][is_query[:, 1:]]
         token_lp = log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
@@ -146,4 +156,5 @@ class QueryLikelihoodScorer(Scorer):
 
     def flops_per_row(self, query_tokens: int) -> int:
         vocab = int(self.decoder.lm_head.weight.shape[0])
-        return 2 * query_tokens * self.backbone.hidden_size * vocab
+        lens = max((self.lens.flops_per_token(layer) for layer in self.lens.layers), default=0)
+        return 2 * query_tokens * self.backbone.hidden_size * vocab + query_tokens * lens

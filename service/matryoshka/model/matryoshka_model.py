@@ -90,12 +90,16 @@ class MatryoshkaModel(nn.Module):
         head_layers: Sequence[int] | None = None,
         fingerprint: str = "unversioned",
         template: TemplateName | None = None,
+        lens_layers: Sequence[int] = (),
     ) -> MatryoshkaModel:
-        """Wrap a Hugging Face model; heads default to every layer, query likelihood to the last.
+        """Wrap a Hugging Face model; heads and query likelihood default to scoring at every layer.
 
         The template defaults to the scoring's own layout (the relevance prompt for heads); heads may
         also read the query-likelihood layout, whose last query token then is the anchor.
+        `lens_layers` gives query-likelihood scoring a (zero-initialised) depth lens at those layers.
         """
+        if lens_layers and scoring != "query_likelihood":
+            raise ValueError("a depth lens belongs to query-likelihood scoring")
         backbone = Backbone.wrap(hf_model)
         scorer: Scorer
         if backbone.family == "encoder":
@@ -107,7 +111,7 @@ class MatryoshkaModel(nn.Module):
             if template not in (None, "query_likelihood"):
                 raise ValueError("query-likelihood scoring needs the query_likelihood template")
             template = "query_likelihood"
-            scorer = QueryLikelihoodScorer(backbone, head_layers)
+            scorer = QueryLikelihoodScorer(backbone, head_layers, lens_layers)
         elif scoring == "heads":
             template = template or "relevance"
             yes = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]

@@ -1,6 +1,9 @@
-"""The default training recipe end to end: groups -> self-distillation -> compensation -> calibration ->
-artifact. Every stage keeps its state under one work directory, so an interrupted run started again
-with the same arguments picks up where it stopped.
+"""The training recipes end to end, each writing an artifact:
+- `train` (heads): groups -> self-distillation -> compensation -> calibration;
+- `train_lens` (query likelihood through a depth lens): groups -> cached states -> lens self-distillation
+  -> calibration.
+Every stage keeps its state under one work directory, so an interrupted run started again with the
+same arguments picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -9,13 +12,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from matryoshka.eval.datasets import load_collection
 from matryoshka.model.artifact import Provenance, save_artifact
 from matryoshka.model.compensation import CompensationConfig
+from matryoshka.model.heads import QueryLikelihoodScorer
 from matryoshka.model.loading import load_backbone, sha256_file
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
@@ -30,6 +34,7 @@ from matryoshka.train.data import (
     save_groups,
     split_groups,
 )
+from matryoshka.train.lens import LensData, collect, fit_lens, layer_scores
 from matryoshka.train.self_distill import DistillConfig, LoraSettings, RunSummary, self_distill
 from matryoshka.train.structures import FULL, Structure, backbone_autocast, head_logits, run_pass
 
@@ -58,6 +63,8 @@ class Recipe:
 
     backbone: str
     sources: tuple[DataSource, ...]
+    scoring: Literal["heads", "lens"] = "heads"
+    lens_layers: tuple[int, ...] = (10, 15, 20, 25)  # scoring "lens": the lensed exit layers
     groups: GroupSpec = field(default_factory=GroupSpec)
     template: str = "query_likelihood"
     head_layers: tuple[int, ...] = ()  # () = every layer
@@ -198,4 +205,79 @@ def train(
         "compensation_steps": recipe.compensation_steps,
     }
     save_artifact(model, out, lora=lora, provenance=Provenance(command, data, settings, metrics))
+    return metrics
+
+
+def train_lens(
+    recipe: Recipe, workdir: Path, out: Path, *, command: str = "", progress: bool = True
+) -> dict[str, Any]:
+    """Query likelihood with a depth lens: fit the lens on cached states, calibrate, write the artifact.
+
+    The exit layers are the lens layers plus the last (read as is); states are cached per split under
+    `workdir/lens/`, so a rerun only refits the lens (minutes).
+    """
+    torch.manual_seed(recipe.groups.seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    loaded = load_backbone(recipe.backbone, torch.float32)
+    last = int(loaded.model.config.num_hidden_layers)
+    model = MatryoshkaModel.from_hf(
+        recipe.backbone,
+        loaded.model,
+        loaded.tokenizer,
+        scoring="query_likelihood",
+        head_layers=(*recipe.lens_layers, last),
+        lens_layers=recipe.lens_layers,
+        fingerprint=loaded.sha256,
+    )
+    scorer = model.scorer
+    assert isinstance(scorer, QueryLikelihoodScorer)
+    train_groups, dev_groups, data = prepare_groups(recipe, workdir)
+    log.info("%d training groups, %d dev groups", len(train_groups), len(dev_groups))
+    cached = {}
+    for split, groups in (("train", train_groups), ("dev", dev_groups)):
+        file = workdir / "lens" / f"{split}.safetensors"
+        if not file.is_file():
+            truncation = recipe.distill.truncation
+            states = collect(
+                model, groups, recipe.lens_layers, truncation, bf16=recipe.distill.bf16, progress=progress
+            )
+            states.save(file)
+        cached[split] = LensData.load(file)
+    dev = cached["dev"]
+    before = {
+        layer: group_mrr(layer_scores(scorer, dev, layer), dev.group_size) for layer in scorer.head_layers
+    }
+    history = fit_lens(
+        scorer,
+        cached["train"],
+        epochs=recipe.distill.epochs,
+        lr=recipe.distill.learning_rate,
+        seed=recipe.distill.seed,
+        progress=progress,
+    )
+    raw = {layer: layer_scores(scorer, dev, layer) for layer in scorer.head_layers}
+    fits = calibrate(scorer.calibration, raw, dev.labels.float())
+    model.calibration_version = f"platt-dev-{len(dev_groups)}q"
+    metrics: dict[str, Any] = {
+        "dev_groups": len(dev_groups),
+        "train_groups": len(train_groups),
+        "train_positions": int(cached["train"].targets.shape[0]),
+        "dev_mrr_logit_lens": {layer: round(v, 4) for layer, v in before.items()},
+        "dev_mrr": {layer: round(group_mrr(v, dev.group_size), 4) for layer, v in raw.items()},
+        "lens_kl_per_epoch": [round(v, 4) for v in history],
+        "dev_logloss": {
+            layer: [round(f.loss_before, 4), round(f.loss_after, 4)] for layer, f in fits.items()
+        },
+    }
+    settings = {
+        "backbone": recipe.backbone,
+        "scoring": "lens",
+        "sources": [f"{s.path.name}:{s.split}" for s in recipe.sources],
+        "groups": vars(recipe.groups),
+        "lens_layers": list(recipe.lens_layers),
+        "epochs": recipe.distill.epochs,
+        "learning_rate": recipe.distill.learning_rate,
+        "bf16": recipe.distill.bf16,
+    }
+    save_artifact(model, out, provenance=Provenance(command, data, settings, metrics))
     return metrics
