@@ -12,6 +12,7 @@ every layer: p = sigmoid(logit / temperature + bias); identity (1, 0) until fitt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -115,6 +116,31 @@ class HeadScorer(Scorer):
         return 2 * self.backbone.hidden_size
 
 
+@dataclass(frozen=True)
+class QueryPositions:
+    """Where a batch's query tokens are predicted: token t is predicted by the hidden state at t - 1."""
+
+    predicts: Tensor  # (batch, length) bool, positions whose next token is a query token
+    targets: Tensor  # (positions,) the query token each predicting position predicts, row-major
+    rows: Tensor  # (positions,) the row of each predicting position
+
+
+def query_positions(state: LayerState) -> QueryPositions:
+    """The positions that predict query tokens in `state`, their targets and rows."""
+    is_query = state.segments == Segment.QUERY
+    predicts = torch.zeros_like(is_query)
+    predicts[:, :-1] = is_query[:, 1:]
+    rows = torch.arange(state.batch_size, device=state.hidden.device).unsqueeze(1).expand_as(predicts)
+    return QueryPositions(predicts, state.token_ids[:, 1:][is_query[:, 1:]], rows[predicts])
+
+
+def row_means(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    """(n_rows,) mean of `values` per row index in `rows` (0 for a row with none)."""
+    total = torch.zeros(n_rows, device=values.device).index_add_(0, rows, values)
+    count = torch.zeros(n_rows, device=values.device).index_add_(0, rows, torch.ones_like(values))
+    return total / count.clamp(min=1)
+
+
 class QueryLikelihoodScorer(Scorer):
     """Mean log-probability of the query tokens given everything before them (decoders only)."""
 
@@ -140,19 +166,11 @@ class QueryLikelihoodScorer(Scorer):
 
     def logits(self, state: LayerState) -> Tensor:
         self._check(state)
-        is_query = state.segments == Segment.QUERY
-        # Token t is predicted by the hidden state at t - 1.
-        predicts = torch.zeros_like(is_query)
-        predicts[:, :-1] = is_query[:, 1:]
-        hidden = self.decoder.norm(self.lens(state.layer, state.hidden[predicts]))
+        at = query_positions(state)
+        hidden = self.decoder.norm(self.lens(state.layer, state.hidden[at.predicts]))
         log_probs = torch.log_softmax(self.decoder.lm_head(hidden).float(), dim=-1)
-        targets = state.token_ids[:, 1:][is_query[:, 1:]]
-        token_lp = log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
-        rows = torch.arange(state.batch_size, device=state.hidden.device)
-        row_of = rows.unsqueeze(1).expand_as(predicts)[predicts]
-        total = torch.zeros(state.batch_size, device=token_lp.device).index_add_(0, row_of, token_lp)
-        count = is_query[:, 1:].sum(dim=1).clamp(min=1)
-        return total / count
+        token_lp = log_probs.gather(1, at.targets.unsqueeze(1)).squeeze(1)
+        return row_means(token_lp, at.rows, state.batch_size)
 
     def flops_per_row(self, query_tokens: int) -> int:
         vocab = int(self.decoder.lm_head.weight.shape[0])

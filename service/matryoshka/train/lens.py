@@ -22,10 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from matryoshka.model.heads import QueryLikelihoodScorer
+from matryoshka.model.heads import QueryLikelihoodScorer, query_positions, row_means
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
-from matryoshka.model.state import Segment
 from matryoshka.train.data import TrainingGroup
 from matryoshka.train.structures import backbone_autocast
 
@@ -81,16 +80,13 @@ def collect(
         for g in tqdm(groups, desc="lens states", unit="group", disable=not progress):
             pairs = model.encode(g.query, [c.text for c in g.candidates], truncation)
             state = model.embed(pairs)
-            is_query = state.segments == Segment.QUERY
-            predicts = torch.zeros_like(is_query)
-            predicts[:, :-1] = is_query[:, 1:]
-            row_ids = torch.arange(state.batch_size).unsqueeze(1).expand_as(predicts)[predicts.cpu()]
+            at = query_positions(state)
             for layer in range(1, last + 1):
                 state = backbone.forward_layer(layer, state)
                 if layer in hidden:
-                    hidden[layer].append(state.hidden[predicts].to(torch.bfloat16).cpu())
-            targets.append(state.token_ids[:, 1:][is_query[:, 1:]].cpu())
-            rows.append(row_ids + offset)
+                    hidden[layer].append(state.hidden[at.predicts].to(torch.bfloat16).cpu())
+            targets.append(at.targets.cpu())
+            rows.append(at.rows.cpu() + offset)
             labels.append(torch.tensor([c.label for c in g.candidates]))
             offset += state.batch_size
     return LensData(
@@ -168,11 +164,7 @@ def layer_scores(scorer: QueryLikelihoodScorer, data: LensData, layer: int, chun
             h = scorer.lens(layer, data.hidden[layer][i : i + chunk].float())
             lp = torch.log_softmax(_logits(scorer, h), dim=-1)
             token_lp.append(lp.gather(1, data.targets[i : i + chunk].unsqueeze(1)).squeeze(1))
-    lp = torch.cat(token_lp)
-    n_rows = int(data.labels.shape[0])
-    total = torch.zeros(n_rows).index_add_(0, data.rows, lp)
-    count = torch.zeros(n_rows).index_add_(0, data.rows, torch.ones_like(lp)).clamp(min=1)
-    return total / count
+    return row_means(torch.cat(token_lp), data.rows, int(data.labels.shape[0]))
 
 
 def _logits(scorer: QueryLikelihoodScorer, hidden: Tensor, vocab: Tensor | None = None) -> Tensor:
