@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from matryoshka.engine.executor import Executor, Job, JobResult
+from matryoshka.engine.executor import Executor
+from matryoshka.engine.job import Job, JobResult
 from matryoshka.engine.plan import Plan
 from matryoshka.engine.reranker import Reranker
 from matryoshka.model.loading import BACKBONES, load_backbone, package_file, sha256_file

@@ -229,4 +229,4 @@ def test_metrics_count_requests_and_exit_layers(heads_server: ServerProcess) -> 
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'matryoshka_requests_total{code="OK",method="Rerank"}' in body
     assert 'matryoshka_exit_layer_bucket{le="3.0"}' in body
-    assert "matryoshka_queue_depth" in body
+    assert "matryoshka_queue_size" in body

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from matryoshka import cli
-from matryoshka.engine.reranker import Reranker
-from matryoshka.eval.datasets import read_run
+from matryoshka.cli import eval as eval_cli
+from matryoshka.data.datasets import read_run
+from matryoshka.engine.reranker import DEFAULT_BACKBONE, Reranker
 from matryoshka.eval.metrics import evaluate
 from matryoshka.eval.rerank_run import prepare
 from tests.unit.conftest import RUN_FILE
@@ -29,7 +30,7 @@ def loaded(monkeypatch: pytest.MonkeyPatch, tiny_reranker: Reranker) -> list[tup
         calls.append((model, dtype, scoring))
         return tiny_reranker
 
-    monkeypatch.setattr(cli, "load_reranker", fake_loader)
+    monkeypatch.setattr(eval_cli, "load_reranker", fake_loader)
     return calls
 
 
@@ -56,7 +57,7 @@ def test_eval_json_is_keyed_by_system(
     for name in ("full", "light", "adaptive"):
         assert {"flops_saved", "pairs_per_s", "rel_perf", "plan", "exit_reasons"} <= set(report[name])
     assert report["first_stage"]["relevance_level"] == 2
-    assert loaded == [(cli.DEFAULT_BACKBONE, "bfloat16", None)]
+    assert loaded == [(DEFAULT_BACKBONE, "bfloat16", None)]
     data = prepare(eval_collection, first_stage_spec=RUN_FILE, top_k=3)
     expected = evaluate(data.candidates, data.qrels, relevance_level=2)
     assert {m: report["first_stage"][m] for m in METRICS} == expected
@@ -89,7 +90,7 @@ def test_eval_table_and_options(eval_collection: Path, tmp_path: Path, loaded: l
     assert lines[0].startswith("tiny-beir test: 2 queries, top-2 of ")
     assert "relevance level 1" in lines[0]
     assert [line.split()[0] for line in lines[2:4]] == ["first_stage", "light"]
-    assert loaded == [(cli.DEFAULT_BACKBONE, "bfloat16", "heads")]
+    assert loaded == [(DEFAULT_BACKBONE, "bfloat16", "heads")]
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["first_stage.trec", "light.trec"]
 
 
@@ -97,7 +98,7 @@ def test_first_stage_only_loads_no_model(eval_collection: Path, tmp_path: Path, 
     def no_loading(*args: object) -> Reranker:
         raise AssertionError("no model should be loaded for --plans ''")
 
-    monkeypatch.setattr(cli, "load_reranker", no_loading)
+    monkeypatch.setattr(eval_cli, "load_reranker", no_loading)
     code, stdout, stderr = invoke(
         "eval",
         "--data",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from matryoshka.eval.datasets import (
+from matryoshka.data.datasets import (
     Collection,
     DataError,
     Document,
@@ -19,7 +19,7 @@ from matryoshka.eval.datasets import (
     truncate_run,
     write_run,
 )
-from matryoshka.eval.first_stage import first_stage
+from matryoshka.data.first_stage import first_stage
 
 DOCS = [{"_id": f"d{i}", "title": f"title {i}", "text": f"text {i}"} for i in range(1, 8)]
 DOCS.append({"_id": "d8", "text": "untitled text"})

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from matryoshka.eval.datasets import Collection, load_collection
-from matryoshka.eval.first_stage import (
+from matryoshka.data.datasets import Collection, load_collection
+from matryoshka.data.first_stage import (
     CACHE_ENV,
     BM25Settings,
     bm25_run,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from matryoshka.eval.datasets import Qrels, Run, load_collection
+from matryoshka.data.datasets import Qrels, Run, load_collection
 from matryoshka.eval.metrics import evaluate, evaluate_per_query
 
 # Graded judgments: q1 has grades 3/2/1/0, q2 has one unretrieved grade-2 doc, q3 is never in the run.

@@ -1,4 +1,4 @@
-"""The evaluation report: query selection, re-ranked runs, rel perf, named plans and the sweep."""
+"""The evaluation report: query selection, re-ranked runs, rel perf and the sweep."""
 
 from __future__ import annotations
 
@@ -7,25 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from matryoshka.data.datasets import read_run, truncate_run
+from matryoshka.engine.named_plans import light_plan, named_plan
 from matryoshka.engine.plan import ConfidenceExit, Plan
 from matryoshka.engine.reranker import Reranker
-from matryoshka.eval.datasets import read_run, truncate_run
 from matryoshka.eval.metrics import evaluate
-from matryoshka.eval.report import (
-    ExitConfig,
-    SystemResult,
-    build_report,
-    compare,
-    format_table,
-    light_plan,
-    named_plan,
-    parse_plan_names,
-    rel_perf,
-)
+from matryoshka.eval.report import SystemResult, build_report, compare, format_table, rel_perf
 from matryoshka.eval.rerank_run import auto_queries_per_batch, default_relevance_level, prepare, rerank_run
 from matryoshka.eval.sweep import CSV_FIELDS, run_sweep, sweep_points
 from matryoshka.model.matryoshka_model import ModelInfo
-from matryoshka.model.width import WidthTarget
 from tests.unit.conftest import RUN_FILE
 
 METRICS = ["ndcg@10", "mrr@10", "recall@100", "map"]
@@ -196,40 +186,6 @@ def test_rel_perf_in_the_report() -> None:
     assert report["first_stage"]["rel_perf"]["ndcg@10"] == 0.0
     without_full = build_report([first, light])
     assert without_full["light"]["rel_perf"]["ndcg@10"] is None
-
-
-# -- named plans ----------------------------------------------------------------------------------
-
-
-def test_named_plans_for_a_30_layer_model() -> None:
-    model = info(30)
-    assert named_plan("full", model) == Plan()
-    assert light_plan(model) == Plan(depth=15, width={7: WidthTarget(ratio=2.0)})
-    assert named_plan("adaptive", model) == Plan(
-        confidence=ConfidenceExit(relevant=0.99, irrelevant=0.02, min_layer=15)
-    )
-    custom = named_plan("adaptive", model, ExitConfig(relevant=None, irrelevant=0.1, min_layer=20))
-    assert custom.confidence == ConfidenceExit(relevant=None, irrelevant=0.1, min_layer=20)
-    for name in ("full", "light", "adaptive"):
-        named_plan(name, model).resolve(model)
-
-
-def test_light_plan_snaps_to_a_head_layer_and_fits_small_models() -> None:
-    sparse = info(30, head_layers=(10, 20, 30))
-    assert light_plan(sparse) == Plan(depth=10, width={7: WidthTarget(ratio=2.0)})
-    assert light_plan(info(4)) == Plan(depth=2, width={1: WidthTarget(ratio=2.0)})
-    assert light_plan(info(2)) == Plan(depth=1)  # no layer before the depth to merge after
-    for model in (sparse, info(4), info(2), info(1)):
-        light_plan(model).resolve(model)
-
-
-def test_plan_names_parse() -> None:
-    assert parse_plan_names("full, light,adaptive") == ["full", "light", "adaptive"]
-    assert parse_plan_names("") == []
-    with pytest.raises(ValueError, match="unknown plan"):
-        parse_plan_names("full,heavy")
-    with pytest.raises(ValueError, match="repeat"):
-        parse_plan_names("full,full")
 
 
 # -- sweep ----------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from matryoshka.cache.codec import CodecError, decode_row, encode_row
-from matryoshka.engine.executor import BudgetExceededError, Executor, Job, JobResult, RequestCancelledError
+from matryoshka.engine.executor import Executor
 from matryoshka.engine.exits import ExitReason
+from matryoshka.engine.job import BudgetExceededError, Job, JobResult, RequestCancelledError
 from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, Plan
 from matryoshka.engine.reranker import Reranker
 from matryoshka.model.matryoshka_model import MatryoshkaModel

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from matryoshka.engine.executor import Executor, Job
+from matryoshka.engine.executor import Executor
+from matryoshka.engine.job import Job
 from matryoshka.engine.plan import Plan
 from matryoshka.model.artifact import load_artifact, read_manifest, save_artifact
 from matryoshka.model.heads import QueryLikelihoodScorer

@@ -10,13 +10,13 @@ import torch
 from typer.testing import CliRunner
 
 from matryoshka import cli
-from matryoshka.eval.datasets import Collection, DataError, Run, load_collection, read_run
+from matryoshka.data.datasets import Collection, DataError, Run, load_collection, read_run
 from matryoshka.model import loading
 from matryoshka.model.artifact import load_artifact, save_artifact
 from matryoshka.model.loading import BackboneSpec, LoadedBackbone
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
-from matryoshka.train.data import TrainingGroup, load_groups, save_groups
+from matryoshka.train.groups import TrainingGroup, load_groups, save_groups
 from matryoshka.train.listwise import (
     ENCODER_LORA_TARGETS,
     distill_listwise,
@@ -103,7 +103,7 @@ def _student(tokenizer) -> MatryoshkaModel:  # type: ignore[no-untyped-def]
 
 
 def test_groups_hold_the_teachers_head_then_deep_samples(collection: Collection, run: Run) -> None:
-    groups = teacher_groups(collection, "train", run, depth=8, hard=3, deep=2, seed=1)
+    groups = teacher_groups(collection, "train", run, max_rank=8, hard=3, deep=2, seed=1)
     assert [g.query_id for g in groups] == ["q1", "q3"]  # q2 and q4 cannot fill 5 candidates
     for g in groups:
         ranking = TEACHER[g.query_id]
@@ -111,7 +111,7 @@ def test_groups_hold_the_teachers_head_then_deep_samples(collection: Collection,
         assert len(set(docs)) == len(docs) == 5
         assert docs[:3] == ranking[:3]  # the head of the ranking, the teacher's first as the positive
         assert [c.label for c in g.candidates] == [1, 0, 0, 0, 0]
-        assert set(docs[3:]) <= set(ranking[3:8])  # deep samples: beyond `hard`, within `depth`
+        assert set(docs[3:]) <= set(ranking[3:8])  # deep samples: beyond `hard`, within `max_rank`
         assert [c.teacher for c in g.candidates] == [run[g.query_id][d] for d in docs]
         assert g.candidates[0].text == DOCS[ranking[0]]
         assert g.source == "tiny-train"
@@ -120,14 +120,14 @@ def test_groups_hold_the_teachers_head_then_deep_samples(collection: Collection,
 def test_deep_sampling_is_uniform_over_the_ranks_below_the_head(collection: Collection, run: Run) -> None:
     seen: set[str] = set()
     for seed in range(40):
-        (group,) = teacher_groups(collection, ["q1"], run, depth=8, hard=3, deep=2, seed=seed)
+        (group,) = teacher_groups(collection, ["q1"], run, max_rank=8, hard=3, deep=2, seed=seed)
         seen |= {c.doc_id for c in group.candidates[3:]}
-    assert seen == set(TEACHER["q1"][3:8])  # every rank in hard+1..depth is drawn, none beyond
+    assert seen == set(TEACHER["q1"][3:8])  # every rank in hard+1..max_rank is drawn, none beyond
 
 
 def test_sampling_is_deterministic_and_per_query(collection: Collection, run: Run) -> None:
     def draw(queries: str | list[str], seed: int) -> list[TrainingGroup]:
-        return teacher_groups(collection, queries, run, depth=10, hard=2, deep=3, seed=seed)
+        return teacher_groups(collection, queries, run, max_rank=10, hard=2, deep=3, seed=seed)
 
     assert draw("train", 7) == draw("train", 7)
     assert draw("train", 7) != draw("train", 8)
@@ -136,14 +136,14 @@ def test_sampling_is_deterministic_and_per_query(collection: Collection, run: Ru
 
 
 def test_short_queries_are_skipped_and_max_queries_caps_groups(collection: Collection, run: Run) -> None:
-    small = teacher_groups(collection, "train", run, depth=10, hard=1, deep=1)
+    small = teacher_groups(collection, "train", run, max_rank=10, hard=1, deep=1)
     assert [g.query_id for g in small] == ["q1", "q2", "q3"]  # q4 has a single candidate
-    capped = teacher_groups(collection, "train", run, depth=10, hard=2, deep=2, max_queries=1)
+    capped = teacher_groups(collection, "train", run, max_rank=10, hard=2, deep=2, max_queries=1)
     assert [g.query_id for g in capped] == ["q1"]
 
 
 def test_groups_round_trip_through_the_groups_file(collection: Collection, run: Run, tmp_path: Path) -> None:
-    groups = teacher_groups(collection, "train", run, depth=10, hard=2, deep=2)
+    groups = teacher_groups(collection, "train", run, max_rank=10, hard=2, deep=2)
     save_groups(groups, tmp_path / "groups.jsonl")
     assert load_groups(tmp_path / "groups.jsonl") == groups
 
@@ -152,18 +152,18 @@ def test_the_benchmark_collection_is_refused(tmp_path: Path) -> None:
     root = _write_collection(tmp_path / "trec-dl-2019")
     benchmark = load_collection(root)
     with pytest.raises(DataError, match="benchmark"):
-        teacher_groups(benchmark, "train", read_run(root / "teacher.trec"), depth=10, hard=2, deep=2)
+        teacher_groups(benchmark, "train", read_run(root / "teacher.trec"), max_rank=10, hard=2, deep=2)
 
 
 def test_bad_settings_and_unknown_ids_are_errors(collection: Collection, run: Run) -> None:
-    with pytest.raises(ValueError, match="depth 4 cannot hold"):
-        teacher_groups(collection, "train", run, depth=4, hard=3, deep=2)
+    with pytest.raises(ValueError, match="max_rank 4 cannot hold"):
+        teacher_groups(collection, "train", run, max_rank=4, hard=3, deep=2)
     with pytest.raises(ValueError, match="hard >= 1"):
         teacher_groups(collection, "train", run, hard=0, deep=4)
     with pytest.raises(DataError, match="'q9'"):
-        teacher_groups(collection, ["q9"], run, depth=10, hard=2, deep=2)
+        teacher_groups(collection, ["q9"], run, max_rank=10, hard=2, deep=2)
     with pytest.raises(DataError, match="'d99'"):
-        teacher_groups(collection, ["q1"], {"q1": {"d99": 1.0, "d0": 0.5}}, depth=10, hard=2, deep=0)
+        teacher_groups(collection, ["q1"], {"q1": {"d99": 1.0, "d0": 0.5}}, max_rank=10, hard=2, deep=0)
 
 
 def test_spearman() -> None:
@@ -184,7 +184,7 @@ def groups(collection: Collection) -> list[TrainingGroup]:
     """Groups of 5 (top 3 + 2 deep) for three queries whose teacher ranks different subsets by ORDER."""
     subsets = {"q1": ORDER, "q3": ORDER[2:], "q5": ORDER[::2]}
     run = {q: {d: 0.5 * (10 - ORDER.index(d)) for d in docs} for q, docs in subsets.items()}
-    return teacher_groups(collection, list(subsets), run, depth=10, hard=3, deep=2)
+    return teacher_groups(collection, list(subsets), run, max_rank=10, hard=3, deep=2)
 
 
 def _fit(model: MatryoshkaModel, groups: list[TrainingGroup], workdir: Path, **kw):  # type: ignore[no-untyped-def]
@@ -290,7 +290,7 @@ def test_distill_command_writes_an_artifact(
     [
         ("missing.trec", (), "missing.trec: missing TREC run file"),
         ("bad.trec", (), "line 1: score 'high' is not a number"),
-        ("teacher.trec", ("--depth", "4"), "depth 4 cannot hold 8 hard plus 8 deep candidates"),
+        ("teacher.trec", ("--max-rank", "4"), "max_rank 4 cannot hold 8 hard plus 8 deep candidates"),
         ("teacher.trec", ("--hard", "20"), "no query of"),
     ],
 )

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from matryoshka.engine.executor import Executor, Job, JobResult, RequestCancelledError
+from matryoshka.engine.executor import Executor
+from matryoshka.engine.job import Job, JobResult, RequestCancelledError
 from matryoshka.engine.plan import Plan
 from matryoshka.engine.scheduler import QueueFullError, Scheduler
 from matryoshka.model.matryoshka_model import MatryoshkaModel
@@ -37,7 +38,7 @@ def test_full_queue_refuses_and_waiting_jobs_share_a_batch(llama_model: Matryosh
         futures = [scheduler.submit(Job("the cat", PASSAGES, plan))]
         assert executor.entered.wait(30)  # the first job is running (and held)
         futures += [scheduler.submit(Job("the dog", PASSAGES, plan)) for _ in range(2)]
-        assert scheduler.depth == 3
+        assert scheduler.num_unfinished == 3
         with pytest.raises(QueueFullError) as err:
             scheduler.submit(Job("the cat", PASSAGES, plan))
         assert err.value.retry_after == 2.5
@@ -48,7 +49,7 @@ def test_full_queue_refuses_and_waiting_jobs_share_a_batch(llama_model: Matryosh
     assert all(isinstance(r, JobResult) and len(r.outcomes) == len(PASSAGES) for r in results)
     assert executor.batches[0] == 1  # the first job was already running when the others arrived
     assert executor.batches[1:] == [2]  # the two that waited ran together
-    assert scheduler.depth == 0
+    assert scheduler.num_unfinished == 0
 
 
 def test_engine_errors_reach_their_own_caller(llama_model: MatryoshkaModel) -> None:

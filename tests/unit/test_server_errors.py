@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.rpc import code_pb2, error_details_pb2
 
-from matryoshka.engine.executor import BudgetExceededError, RequestCancelledError
+from matryoshka.engine.job import BudgetExceededError, RequestCancelledError
 from matryoshka.engine.plan import FieldViolation
 from matryoshka.engine.scheduler import QueueFullError
 from matryoshka.server.errors import DrainingError, NotReadyError, to_status
@@ -26,7 +26,7 @@ def test_invalid_request_carries_every_field_violation() -> None:
 
 
 def test_full_queue_asks_to_retry_later() -> None:
-    status = to_status(QueueFullError(depth=64, retry_after=1.5))
+    status = to_status(QueueFullError(num_unfinished=64, retry_after=1.5))
     assert status.code == code_pb2.RESOURCE_EXHAUSTED
     retry = error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(retry)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from matryoshka.engine.executor import Executor, Job
+from matryoshka.engine.executor import Executor
+from matryoshka.engine.job import Job
 from matryoshka.engine.plan import Plan
 from matryoshka.model.artifact import ArtifactError, Provenance, load_artifact, save_artifact
 from matryoshka.model.compensation import CompensationConfig
@@ -15,9 +16,11 @@ from matryoshka.model.loading import BackboneSpec, LoadedBackbone
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.width import WidthTarget
 from matryoshka.train.compensate import compensate
-from matryoshka.train.data import Candidate, TrainingGroup
-from matryoshka.train.self_distill import DistillConfig, LoraSettings, self_distill
+from matryoshka.train.groups import Candidate, TrainingGroup
+from matryoshka.train.lora import LoraSettings
+from matryoshka.train.self_distill import self_distill
 from matryoshka.train.structures import FULL, Structure
+from matryoshka.train.trainer import DistillConfig
 from tests.conftest import tiny_llama
 
 TEXTS = [

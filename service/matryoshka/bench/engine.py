@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
-from matryoshka.engine.executor import Executor, Job, JobResult
+from matryoshka.engine.executor import Executor
+from matryoshka.engine.job import Job, JobResult
+from matryoshka.engine.named_plans import light_plan
 from matryoshka.engine.plan import Plan
 from matryoshka.model.loading import DEFAULT_BACKBONE, load_backbone
-from matryoshka.model.matryoshka_model import MatryoshkaModel
+from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo
 from matryoshka.model.prompt import Truncation
-from matryoshka.model.width import WidthTarget
 
 WORDS = [
     "retrieval",
@@ -63,14 +64,14 @@ WORDS = [
 ]
 
 
-def configs(num_layers: int) -> dict[str, Plan]:
-    """The issue's configurations, scaled to the model: half depth, 50% width at about a quarter."""
-    half = num_layers // 2
-    merge_at = max(1, round(num_layers * 8 / 30))
+def configs(info: ModelInfo) -> dict[str, Plan]:
+    """The `light` plan and its two halves: its depth alone, its width merge alone, then both."""
+    light = light_plan(info)
+    (merge_at, target), *_ = sorted(light.width.items())
     return {
-        f"depth{half}": Plan(depth=half),
-        f"width50@{merge_at}": Plan(width={merge_at: WidthTarget(ratio=2.0)}),
-        f"depth{half}+width50@{merge_at}": Plan(depth=half, width={merge_at: WidthTarget(ratio=2.0)}),
+        f"depth{light.depth}": Plan(depth=light.depth),
+        f"width50@{merge_at}": Plan(width={merge_at: target}),
+        f"depth{light.depth}+width50@{merge_at}": light,
     }
 
 
@@ -139,7 +140,7 @@ def run(
         }
         figures["ratio_full_vs_plain"] = figures["engine_full_pairs_per_s"] / figures["plain_pairs_per_s"]
         figures["configs"] = {}
-        for label, plan in configs(model.backbone.num_layers).items():
+        for label, plan in configs(model.info).items():
             usage = engine(plan).usage
             seconds = _best_seconds(partial(engine, plan), repeats)
             figures["configs"][label] = {

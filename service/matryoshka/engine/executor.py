@@ -9,7 +9,7 @@ state join when the others reach their layer. Exiting rows can hand back their s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,61 +17,18 @@ from torch import Tensor
 
 from matryoshka.engine.cost import FlopCounter, LatencyModel, Usage
 from matryoshka.engine.exits import ExitReason, ExitSchedule
-from matryoshka.engine.plan import Plan
+from matryoshka.engine.job import (
+    BudgetExceededError,
+    EngineError,
+    Job,
+    JobResult,
+    Outcome,
+    RequestCancelledError,
+)
 from matryoshka.model.matryoshka_model import MatryoshkaModel
-from matryoshka.model.prompt import EncodedPair, Truncation
+from matryoshka.model.prompt import EncodedPair
 from matryoshka.model.state import LayerState, RowState, Segment
 from matryoshka.model.width import apply_merge, plan_merge
-
-
-class EngineError(Exception):
-    """A request the engine could not answer."""
-
-
-class BudgetExceededError(EngineError):
-    """The budget ran out before the first head layer, so there is no partial answer to give."""
-
-
-class RequestCancelledError(EngineError):
-    """The caller cancelled; the request stopped at a layer boundary."""
-
-
-@dataclass
-class Job:
-    """One request for the executor: a query, its documents and a resolved plan."""
-
-    query: str
-    documents: Sequence[str]
-    plan: Plan
-    truncation: Truncation = field(default_factory=Truncation)
-    resume: Mapping[int, RowState] = field(default_factory=dict)  # document index -> cached state
-    keep_states: bool = False  # hand back each row's state at its exit layer
-    cancelled: Callable[[], bool] | None = None
-    deadline: float | None = None  # absolute time.monotonic() the answer is due by (a gRPC deadline)
-
-
-@dataclass
-class Outcome:
-    """One document's result: scores at its exit layer and why it exited there."""
-
-    index: int
-    logit: float
-    probability: float
-    exit_layer: int
-    exit_reason: ExitReason | None  # None while still running (stage snapshots)
-    tokens: int  # input tokens before any merging
-
-
-@dataclass
-class JobResult:
-    """The executor's answer to one Job."""
-
-    outcomes: list[Outcome]
-    usage: Usage
-    partial: bool  # some documents stopped for the budget
-    states: dict[int, RowState]
-    compute_seconds: float
-
 
 StageCallback = Callable[[int, int, list[Outcome]], None]  # (job index, layer, outcomes so far)
 

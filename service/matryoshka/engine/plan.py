@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from matryoshka.model.matryoshka_model import ModelInfo
-from matryoshka.model.width import WidthTarget
+from matryoshka.model.width import WidthTarget as WidthTarget  # re-exported: plans speak in width targets
 
 
 @dataclass(frozen=True)

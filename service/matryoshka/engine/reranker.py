@@ -12,11 +12,13 @@ from typing import Literal
 import torch
 
 from matryoshka.engine.cost import LatencyModel, Usage
-from matryoshka.engine.executor import EngineError, Executor, Job, JobResult, Outcome
+from matryoshka.engine.executor import Executor
 from matryoshka.engine.exits import ExitReason
+from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
 from matryoshka.engine.plan import Plan
 from matryoshka.model.artifact import load_artifact, read_manifest, shipped_artifact
-from matryoshka.model.loading import BACKBONES, DEFAULT_BACKBONE, load_backbone
+from matryoshka.model.loading import BACKBONES, load_backbone
+from matryoshka.model.loading import DEFAULT_BACKBONE as DEFAULT_BACKBONE  # re-exported for callers
 from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo, Scoring
 from matryoshka.model.prompt import Truncation
 

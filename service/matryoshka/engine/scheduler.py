@@ -13,7 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from matryoshka.engine.executor import EngineError, Executor, Job, JobResult, Outcome
+from matryoshka.engine.executor import Executor
+from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
 
 StageListener = Callable[[int, list[Outcome]], None]  # (layer, outcomes so far)
 
@@ -21,10 +22,10 @@ StageListener = Callable[[int, list[Outcome]], None]  # (layer, outcomes so far)
 class QueueFullError(Exception):
     """Too many requests are waiting or running; retry after `retry_after` seconds."""
 
-    def __init__(self, depth: int, retry_after: float) -> None:
-        self.depth = depth
+    def __init__(self, num_unfinished: int, retry_after: float) -> None:
+        self.num_unfinished = num_unfinished
         self.retry_after = retry_after
-        super().__init__(f"the queue is full ({depth} requests); retry after {retry_after:g}s")
+        super().__init__(f"the queue is full ({num_unfinished} requests); retry after {retry_after:g}s")
 
 
 @dataclass
@@ -46,21 +47,21 @@ class Scheduler:
         self.retry_after = retry_after
         self._queue: queue.Queue[_Ticket | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._depth = 0
+        self._num_unfinished = 0
         self._thread = threading.Thread(target=self._work, name="matryoshka-engine", daemon=True)
         self._thread.start()
 
     @property
-    def depth(self) -> int:
+    def num_unfinished(self) -> int:
         """Jobs waiting or running."""
-        return self._depth
+        return self._num_unfinished
 
     def submit(self, job: Job, on_stage: StageListener | None = None) -> Future[JobResult]:
         """Queue a job; its future resolves to a JobResult or raises the job's EngineError."""
         with self._lock:
-            if self._depth >= self.max_queue:
-                raise QueueFullError(self._depth, self.retry_after)
-            self._depth += 1
+            if self._num_unfinished >= self.max_queue:
+                raise QueueFullError(self._num_unfinished, self.retry_after)
+            self._num_unfinished += 1
         future: Future[JobResult] = Future()
         self._queue.put(_Ticket(job, future, on_stage))
         return future
@@ -113,4 +114,4 @@ class Scheduler:
                     ticket.future.set_exception(exc)
         finally:
             with self._lock:
-                self._depth -= len(batch)
+                self._num_unfinished -= len(batch)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import ir_measures
 
-from matryoshka.eval.datasets import rank_documents
+from matryoshka.data.datasets import rank_documents
 
 
 def measures(*, relevance_level: int = 1, k_recall: int = 100) -> dict[str, ir_measures.Measure]:

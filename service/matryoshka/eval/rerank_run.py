@@ -21,10 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from matryoshka.engine.executor import EngineError, Job, JobResult
-from matryoshka.engine.plan import Plan
-from matryoshka.engine.reranker import Reranker
-from matryoshka.eval.datasets import (
+from matryoshka.data.datasets import (
     Collection,
     DataError,
     Qrels,
@@ -34,7 +31,10 @@ from matryoshka.eval.datasets import (
     rank_documents,
     truncate_run,
 )
-from matryoshka.eval.first_stage import first_stage
+from matryoshka.data.first_stage import first_stage
+from matryoshka.engine.job import EngineError, Job, JobResult
+from matryoshka.engine.plan import Plan
+from matryoshka.engine.reranker import Reranker
 
 # Batching queries pays only when a call holds several of the executor's buckets: rows are sorted by
 # length before they are cut into buckets of at most max_batch_rows, so many rows make buckets of
@@ -201,6 +201,31 @@ def rerank_run(
                 bar.set_postfix(pairs_per_s=f"{usage.pairs_per_second:.2f}", refresh=False)
                 pending = []
     return RerankedRun(run=run, usage=usage)
+
+
+def run_plan(
+    reranker: Reranker,
+    data: EvalInput,
+    plan: Plan,
+    *,
+    queries_per_batch: int | None = None,
+    progress: bool = False,
+    desc: str = "re-rank",
+) -> tuple[Plan, RerankedRun]:
+    """`plan` resolved for the model, and `rerank_run` of it over `data`'s candidates and queries."""
+    resolved = plan.resolve(reranker.info)
+    result = rerank_run(
+        reranker,
+        data.collection,
+        data.candidates,
+        data.query_ids,
+        resolved,
+        top_k=data.top_k,
+        queries_per_batch=queries_per_batch,
+        progress=progress,
+        desc=desc,
+    )
+    return resolved, result
 
 
 def auto_queries_per_batch(top_k: int, queries: int, max_batch_rows: int) -> int:

@@ -19,11 +19,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from matryoshka.engine.named_plans import describe_plan, head_at_or_below
 from matryoshka.engine.plan import ConfidenceExit, Plan
 from matryoshka.engine.reranker import Reranker
 from matryoshka.eval.metrics import evaluate
-from matryoshka.eval.report import describe_plan, head_at_or_below
-from matryoshka.eval.rerank_run import EvalInput, rerank_run
+from matryoshka.eval.rerank_run import EvalInput, run_plan
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.width import WidthTarget
 
@@ -108,14 +108,10 @@ def run_sweep(
     rows: list[dict[str, Any]] = [{"family": "first_stage", "label": data.first_stage, **first}]
     full_seconds: float | None = None
     for point in points:
-        plan = point.plan.resolve(reranker.info)
-        result = rerank_run(
+        plan, result = run_plan(
             reranker,
-            data.collection,
-            data.candidates,
-            data.query_ids,
-            plan,
-            top_k=data.top_k,
+            data,
+            point.plan,
             queries_per_batch=queries_per_batch,
             progress=progress,
             desc=point.label,

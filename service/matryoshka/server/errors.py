@@ -9,7 +9,7 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from matryoshka.engine.executor import BudgetExceededError, RequestCancelledError
+from matryoshka.engine.job import BudgetExceededError, RequestCancelledError
 from matryoshka.engine.scheduler import QueueFullError
 from matryoshka.server.translate import InvalidRequest, to_duration
 

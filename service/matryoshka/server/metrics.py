@@ -31,7 +31,7 @@ class Metrics:
             registry=r,
         )
         self.documents = Counter("matryoshka_documents", "Documents re-ranked", registry=r)
-        self.queue_depth = Gauge("matryoshka_queue_depth", "Requests waiting or running", registry=r)
+        self.queue_size = Gauge("matryoshka_queue_size", "Requests waiting or running", registry=r)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics over HTTP; returns the bound port."""

@@ -11,21 +11,16 @@ from typing import Any
 
 import grpc
 
-from matryoshka.engine.executor import Job, JobResult, Outcome
-from matryoshka.engine.exits import ExitReason
-from matryoshka.engine.reranker import Reranker, rank
+from matryoshka.engine.job import Job, JobResult, Outcome
+from matryoshka.engine.reranker import Reranker
 from matryoshka.engine.scheduler import Scheduler
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.server.errors import DrainingError, NotReadyError, abort, status_code
 from matryoshka.server.metrics import Metrics
 from matryoshka.server.settings import Settings
-from matryoshka.server.translate import RerankCall, to_call, to_duration
+from matryoshka.server.translate import RerankCall, to_answer, to_call, to_model_info, to_results
 from matryoshka_client.proto import rerank_service_pb2 as pb
 from matryoshka_client.proto import rerank_service_pb2_grpc as pb_grpc
-
-EXIT_REASONS = {reason: pb.ExitReason.Value(f"EXIT_REASON_{reason.name}") for reason in ExitReason}
-FAMILIES = {"decoder": pb.MODEL_FAMILY_DECODER, "encoder": pb.MODEL_FAMILY_ENCODER}
-SCORINGS = {"heads": pb.SCORING_MODE_HEADS, "query_likelihood": pb.SCORING_MODE_QUERY_LIKELIHOOD}
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
@@ -102,7 +97,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                     layer, outcomes = getter.result()
                     yield pb.StreamRerankResponse(
                         layer=layer,
-                        results=self._results(call, outcomes, running_ok=True),
+                        results=to_results(call, outcomes, running_ok=True),
                         model=self.info.name,
                         request_id=call.request_id,
                     )
@@ -130,31 +125,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         if request.model and request.model not in self.models:
             self._count("GetModelInfo", grpc.StatusCode.NOT_FOUND, start)
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.model!r}")
-        s = self.settings
-        info = self.info
-        model = pb.ModelInfo(
-            name=info.name,
-            family=FAMILIES[info.family],
-            num_layers=info.num_layers,
-            hidden_size=info.hidden_size,
-            head_layers=list(info.head_layers),
-            scoring=SCORINGS[info.scoring],
-            limits=pb.ModelLimits(
-                max_documents=s.max_documents,
-                max_request_bytes=s.max_request_bytes,
-                max_query_tokens=s.max_query_tokens,
-                max_document_tokens=s.max_document_tokens,
-            ),
-            default_truncation=pb.Truncation(
-                max_query_tokens=s.max_query_tokens,
-                max_document_tokens=s.default_document_tokens,
-                side=pb.TRUNCATION_SIDE_END,
-            ),
-            calibration_version=info.calibration_version,
-            fingerprint=info.fingerprint,
-            template_version=info.template_version,
-            is_default=True,
-        )
+        model = to_model_info(self.info, self.settings)
         self._count("GetModelInfo", grpc.StatusCode.OK, start)
         return pb.GetModelInfoResponse(models=[model])
 
@@ -189,61 +160,23 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         )
         submitted = time.perf_counter()
         future = self.scheduler.submit(job, on_stage)
-        self.metrics.queue_depth.set(self.scheduler.depth)
+        self.metrics.queue_size.set(self.scheduler.num_unfinished)
         try:
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             cancel.set()  # the engine stops this job at its next layer boundary
             raise
         finally:
-            self.metrics.queue_depth.set(self.scheduler.depth)
+            self.metrics.queue_size.set(self.scheduler.num_unfinished)
         waited = max(time.perf_counter() - submitted - result.compute_seconds, 0.0)
         return result, waited
 
-    def _results(
-        self, call: RerankCall, outcomes: list[Outcome], running_ok: bool = False
-    ) -> list[pb.RerankResult]:
-        out = []
-        for o in rank(outcomes, call.top_n):
-            kwargs: dict[str, Any] = {}
-            if call.return_documents:
-                kwargs["document"] = call.documents[o.index]
-            assert running_ok or o.exit_reason is not None
-            out.append(
-                pb.RerankResult(
-                    index=o.index,
-                    id=call.ids[o.index],
-                    score=o.probability if call.score_type == "probability" else o.logit,
-                    exit_layer=o.exit_layer,
-                    exit_reason=EXIT_REASONS[o.exit_reason] if o.exit_reason else pb.EXIT_REASON_UNSPECIFIED,
-                    **kwargs,
-                )
-            )
-        return out
-
     def _answer(self, call: RerankCall, result: JobResult, waited: float, start: float) -> dict[str, Any]:
-        usage = result.usage
         for o in result.outcomes:
             self.metrics.exit_layer.observe(o.exit_layer)
         self.metrics.documents.inc(len(result.outcomes))
-        self.metrics.flops_saved.observe(max(min(usage.flops_saved, 1.0), 0.0))
-        return {
-            "results": self._results(call, result.outcomes),
-            "usage": pb.Usage(
-                layer_tokens=usage.layer_tokens,
-                flops=usage.flops,
-                full_flops=usage.full_flops,
-                flops_saved=usage.flops_saved,
-            ),
-            "timing": pb.Timing(
-                queue=to_duration(waited),
-                compute=to_duration(result.compute_seconds),
-                total=to_duration(time.perf_counter() - start),
-            ),
-            "partial": result.partial,
-            "model": self.info.name,
-            "request_id": call.request_id,
-        }
+        self.metrics.flops_saved.observe(max(min(result.usage.flops_saved, 1.0), 0.0))
+        return to_answer(call, result, self.info.name, queued=waited, total=time.perf_counter() - start)
 
     def _count(self, method: str, code: grpc.StatusCode, start: float) -> None:
         self.metrics.requests.labels(method=method, code=code.name).inc()

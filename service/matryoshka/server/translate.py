@@ -1,6 +1,7 @@
-"""Wire <-> engine: validate a RerankRequest and translate it into a plan the engine runs.
+"""Wire <-> engine, both directions: a RerankRequest is validated into a call the engine runs, and the
+engine's outcomes, usage and model info become response messages (the servicer only orchestrates).
 
-Every violation names the request's own proto field path (e.g. `early_exit.confidence.relevant`,
+Every request violation names the request's own proto field path (e.g. `early_exit.confidence.relevant`,
 `width[1].ratio`, `documents[3].text`), all of them at once.
 """
 
@@ -9,11 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
+from matryoshka.engine.exits import ExitReason
+from matryoshka.engine.job import JobResult, Outcome
 from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, FieldViolation, Plan, PlanError
-from matryoshka.engine.reranker import ScoreType
+from matryoshka.engine.reranker import ScoreType, rank
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.prompt import Truncation
 from matryoshka.model.width import WidthTarget
@@ -201,3 +205,81 @@ def _wire_field(v: FieldViolation, req: pb.RerankRequest) -> FieldViolation:
         index = next((i for i, s in enumerate(req.width) if s.layer == layer), layer)
         name = f"width[{index}]" + (f".{rest}" if rest else "")
     return FieldViolation(name, v.description)
+
+
+# -- engine -> wire -------------------------------------------------------------------------------------
+
+EXIT_REASONS = {reason: pb.ExitReason.Value(f"EXIT_REASON_{reason.name}") for reason in ExitReason}
+FAMILIES = {"decoder": pb.MODEL_FAMILY_DECODER, "encoder": pb.MODEL_FAMILY_ENCODER}
+SCORINGS = {"heads": pb.SCORING_MODE_HEADS, "query_likelihood": pb.SCORING_MODE_QUERY_LIKELIHOOD}
+
+
+def to_results(call: RerankCall, outcomes: list[Outcome], running_ok: bool = False) -> list[pb.RerankResult]:
+    """Outcomes ranked and cut to the call's top_n; `running_ok` allows rows still running (a stage)."""
+    out = []
+    for o in rank(outcomes, call.top_n):
+        kwargs: dict[str, Any] = {}
+        if call.return_documents:
+            kwargs["document"] = call.documents[o.index]
+        assert running_ok or o.exit_reason is not None
+        out.append(
+            pb.RerankResult(
+                index=o.index,
+                id=call.ids[o.index],
+                score=o.probability if call.score_type == "probability" else o.logit,
+                exit_layer=o.exit_layer,
+                exit_reason=EXIT_REASONS[o.exit_reason] if o.exit_reason else pb.EXIT_REASON_UNSPECIFIED,
+                **kwargs,
+            )
+        )
+    return out
+
+
+def to_answer(
+    call: RerankCall, result: JobResult, model: str, *, queued: float, total: float
+) -> dict[str, Any]:
+    """The fields a RerankResponse (and a final StreamRerankResponse) carries for a finished job."""
+    usage = result.usage
+    return {
+        "results": to_results(call, result.outcomes),
+        "usage": pb.Usage(
+            layer_tokens=usage.layer_tokens,
+            flops=usage.flops,
+            full_flops=usage.full_flops,
+            flops_saved=usage.flops_saved,
+        ),
+        "timing": pb.Timing(
+            queue=to_duration(queued), compute=to_duration(result.compute_seconds), total=to_duration(total)
+        ),
+        "partial": result.partial,
+        "model": model,
+        "request_id": call.request_id,
+    }
+
+
+def to_model_info(info: ModelInfo, settings: Settings) -> pb.ModelInfo:
+    """A served model as GetModelInfo describes it: shape, exit layers, scoring and the server's limits."""
+    s = settings
+    return pb.ModelInfo(
+        name=info.name,
+        family=FAMILIES[info.family],
+        num_layers=info.num_layers,
+        hidden_size=info.hidden_size,
+        head_layers=list(info.head_layers),
+        scoring=SCORINGS[info.scoring],
+        limits=pb.ModelLimits(
+            max_documents=s.max_documents,
+            max_request_bytes=s.max_request_bytes,
+            max_query_tokens=s.max_query_tokens,
+            max_document_tokens=s.max_document_tokens,
+        ),
+        default_truncation=pb.Truncation(
+            max_query_tokens=s.max_query_tokens,
+            max_document_tokens=s.default_document_tokens,
+            side=pb.TRUNCATION_SIDE_END,
+        ),
+        calibration_version=info.calibration_version,
+        fingerprint=info.fingerprint,
+        template_version=info.template_version,
+        is_default=True,
+    )

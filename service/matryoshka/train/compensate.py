@@ -14,14 +14,10 @@ from pathlib import Path
 
 from matryoshka.model.compensation import ADAPTER_TENSORS, Compensation, CompensationConfig
 from matryoshka.model.matryoshka_model import MatryoshkaModel
-from matryoshka.train.data import TrainingGroup
-from matryoshka.train.self_distill import (
-    DistillConfig,
-    RunSummary,
-    Trainer,
-    frozen_query_likelihood,
-    train_only,
-)
+from matryoshka.train.groups import TrainingGroup
+from matryoshka.train.lora import train_only
+from matryoshka.train.self_distill import frozen_query_likelihood
+from matryoshka.train.trainer import DistillConfig, RunSummary, Trainer
 
 
 def compensate(

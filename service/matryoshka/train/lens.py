@@ -25,7 +25,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from matryoshka.model.heads import QueryLikelihoodScorer, query_positions, row_means
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
-from matryoshka.train.data import TrainingGroup
+from matryoshka.train.groups import TrainingGroup
 from matryoshka.train.structures import backbone_autocast
 
 log = logging.getLogger(__name__)

@@ -2,9 +2,9 @@
 
 Groups come from a teacher's TREC run: per query, its top `hard` documents (the head of the ranking,
 i.e. hard negatives, its first as the group's positive) plus `deep` documents sampled uniformly from its
-ranks hard+1..depth ("deep sampling"). Every candidate carries the teacher's score, and the student (the
+ranks hard+1..max_rank ("deep sampling"). Every candidate carries the teacher's score, and the student (the
 heads, optionally with a peft LoRA on the backbone) learns the teacher's distribution over each group
-through the listwise KL loss. The loop is `self_distill.Trainer` with only its loss replaced.
+through the listwise KL loss. The loop is `trainer.Trainer` with only its loss replaced.
 """
 
 from __future__ import annotations
@@ -17,22 +17,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from matryoshka.eval.datasets import Collection, DataError, Run, document_text, rank_documents
+from matryoshka.data.datasets import Collection, DataError, Run, document_text, rank_documents
+from matryoshka.data.sources import refuse_benchmark
 from matryoshka.model.artifact import LoraAdapter
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
 from matryoshka.train import losses
-from matryoshka.train.data import Candidate, TrainingGroup, refuse_benchmark
-from matryoshka.train.self_distill import (
-    DistillConfig,
-    LoraSettings,
-    RunSummary,
-    Trainer,
-    add_lora,
-    head_parameters,
-    merge_lora,
-)
+from matryoshka.train.groups import Candidate, TrainingGroup
+from matryoshka.train.lora import LoraSettings, add_lora, head_parameters, merge_lora
 from matryoshka.train.structures import FULL, head_logits, run_pass
+from matryoshka.train.trainer import DistillConfig, RunSummary, Trainer
 
 ENCODER_LORA_TARGETS = ("query", "key", "value", "dense")
 
@@ -42,7 +36,7 @@ def teacher_groups(
     queries: str | Sequence[str],
     run: Run,
     *,
-    depth: int = 100,
+    max_rank: int = 100,
     hard: int = 8,
     deep: int = 8,
     seed: int = 13,
@@ -53,14 +47,14 @@ def teacher_groups(
     refuse_benchmark(collection)
     if hard < 1 or deep < 0 or hard + deep < 2:
         raise ValueError(f"a group needs hard >= 1, deep >= 0 and hard + deep >= 2, got {hard} and {deep}")
-    if depth < hard + deep:
-        raise ValueError(f"depth {depth} cannot hold {hard} hard plus {deep} deep candidates")
+    if max_rank < hard + deep:
+        raise ValueError(f"max_rank {max_rank} cannot hold {hard} hard plus {deep} deep candidates")
     query_ids = collection.query_ids(queries) if isinstance(queries, str) else list(queries)
     groups: list[TrainingGroup] = []
     for qid in query_ids:
         if max_queries is not None and len(groups) >= max_queries:
             break
-        group = _teacher_group(collection, qid, run.get(qid, {}), depth, hard, deep, seed)
+        group = _teacher_group(collection, qid, run.get(qid, {}), max_rank, hard, deep, seed)
         if group is not None:
             groups.append(group)
     return groups
@@ -70,15 +64,15 @@ def _teacher_group(
     collection: Collection,
     qid: str,
     scores: Mapping[str, float],
-    depth: int,
+    max_rank: int,
     hard: int,
     deep: int,
     seed: int,
 ) -> TrainingGroup | None:
-    """The teacher's top `hard` in rank order, then `deep` of ranks hard+1..depth in rank order."""
+    """The teacher's top `hard` in rank order, then `deep` of ranks hard+1..max_rank in rank order."""
     if qid not in collection.queries:
         raise DataError(f"query id {qid!r} is not in {collection.root / 'queries.jsonl'}")
-    ranking = [doc for doc, _ in rank_documents(scores)[:depth]]
+    ranking = [doc for doc, _ in rank_documents(scores)[:max_rank]]
     if len(ranking) < hard + deep:
         return None
     rng = random.Random(f"{seed}:{qid}")  # str seeds hash with sha512: stable across processes

@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 import torch
 
-from matryoshka.eval.datasets import load_collection
+from matryoshka.data.datasets import load_collection
+from matryoshka.data.sources import DataSource
+from matryoshka.engine.named_plans import light_merge_layer
 from matryoshka.model.artifact import Provenance, save_artifact
 from matryoshka.model.compensation import CompensationConfig
 from matryoshka.model.heads import QueryLikelihoodScorer
@@ -26,7 +28,7 @@ from matryoshka.model.prompt import Truncation
 from matryoshka.model.width import WidthTarget
 from matryoshka.train.calibrate import calibrate
 from matryoshka.train.compensate import compensate
-from matryoshka.train.data import (
+from matryoshka.train.groups import (
     GroupSpec,
     TrainingGroup,
     build_groups,
@@ -35,26 +37,12 @@ from matryoshka.train.data import (
     split_groups,
 )
 from matryoshka.train.lens import LensData, collect, fit_lens, layer_scores
-from matryoshka.train.self_distill import DistillConfig, LoraSettings, RunSummary, self_distill
+from matryoshka.train.lora import LoraSettings
+from matryoshka.train.self_distill import self_distill
 from matryoshka.train.structures import FULL, Structure, backbone_autocast, head_logits, run_pass
+from matryoshka.train.trainer import DistillConfig, ExternalTeacher, RunSummary
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """A BEIR-format collection folder and the qrels split to draw groups from."""
-
-    path: Path
-    split: str
-
-    @staticmethod
-    def parse(spec: str) -> DataSource:
-        """ "DIR:SPLIT" (e.g. "../shared/data/scifact:train")."""
-        path, sep, split = spec.rpartition(":")
-        if not sep or not path or not split:
-            raise ValueError(f"data source {spec!r} is not DIR:SPLIT")
-        return DataSource(Path(path), split)
 
 
 @dataclass
@@ -76,10 +64,69 @@ class Recipe:
     ratios: tuple[float, ...] = (2.0, 4.0)  # student widths (merged after a quarter of the depth)
 
 
+def build_recipe(
+    *,
+    backbone: str,
+    sources: Sequence[str],
+    scoring: Literal["heads", "lens"],
+    lens_layers: Sequence[int],
+    negatives: int,
+    num_candidates: int,
+    max_queries: int | None,
+    dev_fraction: float,
+    epochs: int,
+    groups_per_step: int,
+    learning_rate: float,
+    adapter_learning_rate: float,
+    lora_rank: int,
+    compensation_rank: int,
+    compensation_steps: int,
+    ratios: Sequence[float],
+    self_distill: bool,
+    teacher: ExternalTeacher,
+    max_passage_tokens: int,
+    cut_min_words: int,
+    bf16: bool,
+    seed: int,
+) -> Recipe:
+    """A recipe from the `train` command's flat options (`sources` as DIR:SPLIT); ValueError names a bad
+    one."""
+    widths = tuple(ratios)
+    return Recipe(
+        backbone=backbone,
+        sources=tuple(DataSource.parse(spec) for spec in sources),
+        scoring=scoring,
+        lens_layers=tuple(lens_layers),
+        dev_fraction=dev_fraction,
+        groups=GroupSpec(
+            negatives=negatives,
+            num_candidates=num_candidates,
+            seed=seed,
+            max_queries=max_queries,
+            cut_min_words=cut_min_words,
+        ),
+        distill=DistillConfig(
+            external_teacher=teacher,
+            self_distill=self_distill,
+            groups_per_step=groups_per_step,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            adapter_learning_rate=adapter_learning_rate,
+            seed=seed,
+            bf16=bf16,
+            truncation=Truncation(max_passage_tokens=max_passage_tokens),
+        ),
+        lora=LoraSettings(rank=lora_rank),
+        compensation=CompensationConfig(rank=compensation_rank, ratios=widths) if compensation_rank else None,
+        compensation_steps=compensation_steps,
+        ratios=widths,
+    )
+
+
 def light_structures(num_layers: int, ratios: Sequence[float]) -> tuple[Structure, ...]:
-    """Full width plus each ratio merged after a quarter of the depth (where the `light` plan merges)."""
-    quarter = max(1, num_layers // 4)
-    return (FULL, *(Structure(((quarter, WidthTarget(ratio=r)),)) for r in ratios))
+    """Full width plus each ratio merged where the `light` plan merges (a quarter of the depth)."""
+    merge_at = light_merge_layer(num_layers)
+    return (FULL, *(Structure(((merge_at, WidthTarget(ratio=r)),)) for r in ratios))
 
 
 def prepare_groups(

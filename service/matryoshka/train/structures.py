@@ -45,16 +45,6 @@ class Structure:
 FULL = Structure()
 
 
-def default_structures(num_layers: int, ratios: Sequence[float] = (2.0, 4.0)) -> list[Structure]:
-    """Full width plus each ratio from a quarter and from half of the depth (the `light` plan is r2@L/4)."""
-    quarter, half = max(1, num_layers // 4), max(1, num_layers // 2)
-    found = [FULL]
-    for at in dict.fromkeys((quarter, half)):
-        for ratio in ratios:
-            found.append(Structure(((at, WidthTarget(ratio=ratio)),)))
-    return found
-
-
 @dataclass
 class PassOutput:
     """Pooled anchor states per (structure index, head layer) and the full-depth query likelihood."""

@@ -15,11 +15,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from matryoshka.eval.datasets import Collection, DataError, Run, document_text
-from matryoshka.eval.first_stage import bm25_run
+from matryoshka.data.datasets import Collection, DataError, Run, document_text
+from matryoshka.data.first_stage import bm25_run
+from matryoshka.data.sources import refuse_benchmark
 from matryoshka.model.loading import sha256_file
-
-BENCHMARK_COLLECTIONS = frozenset({"trec-dl-2019"})
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,10 @@ class TrainingGroup:
 
 @dataclass(frozen=True)
 class GroupSpec:
-    """How groups are drawn: negatives per group, BM25 depth they come from, and the seed."""
+    """How groups are drawn: negatives per group, the BM25 candidates they come from, and the seed."""
 
     negatives: int = 7
-    depth: int = 100
+    num_candidates: int = 100  # BM25's top this many per query
     seed: int = 13
     max_queries: int | None = None
     min_grade: int = 1  # judged grades >= this can be a group's positive
@@ -62,20 +61,11 @@ class GroupSpec:
     cut_min_words: int = 0
 
 
-def refuse_benchmark(collection: Collection) -> None:
-    """Raise if `collection` is a benchmark that must never be trained on."""
-    if collection.name in BENCHMARK_COLLECTIONS:
-        raise DataError(
-            f"{collection.root}: {collection.name} is the evaluation benchmark; training on its queries "
-            "or passages would leak the test set (use scifact train or nfcorpus-dev)"
-        )
-
-
 def build_groups(collection: Collection, split: str, spec: GroupSpec) -> list[TrainingGroup]:
     """One group per judged query with a positive and at least one BM25 negative, in queries.jsonl order.
 
     The positive is drawn among the query's judged positives (grade >= min_grade); negatives among
-    BM25's top `depth` minus every document judged with a positive grade (judged non-relevant ones
+    BM25's top `num_candidates` minus every document judged with a positive grade (judged non-relevant ones
     stay in). A per-query RNG seeded from (seed, query id) means adding queries never changes others.
     """
     refuse_benchmark(collection)
@@ -87,7 +77,7 @@ def build_groups(collection: Collection, split: str, spec: GroupSpec) -> list[Tr
     query_ids = [q for q in collection.query_ids(split) if _positives(qrels[q], spec.min_grade)]
     if spec.max_queries is not None:
         query_ids = query_ids[: spec.max_queries]
-    run = bm25_run(collection, query_ids, spec.depth)
+    run = bm25_run(collection, query_ids, spec.num_candidates)
     groups = []
     for qid in query_ids:
         relevant = set(_positives(qrels[qid], 1))  # any positive grade: never a negative

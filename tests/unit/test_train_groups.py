@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from matryoshka.eval.datasets import DataError, load_collection
-from matryoshka.train.data import (
+from matryoshka.data.datasets import DataError, load_collection
+from matryoshka.train.groups import (
     GroupSpec,
     attach_teacher,
     build_groups,
@@ -48,7 +48,7 @@ def train_collection(tmp_path: Path) -> Path:
 
 def test_groups_have_the_positive_first_and_never_a_relevant_negative(train_collection: Path) -> None:
     collection = load_collection(train_collection)
-    groups = build_groups(collection, "train", GroupSpec(negatives=2, depth=8, min_grade=2))
+    groups = build_groups(collection, "train", GroupSpec(negatives=2, num_candidates=8, min_grade=2))
     assert [g.query_id for g in groups] == ["q1", "q2"]  # q3 has no grade-2 positive
     q1, q2 = groups
     assert q1.candidates[0].doc_id == "d1"
@@ -58,14 +58,14 @@ def test_groups_have_the_positive_first_and_never_a_relevant_negative(train_coll
     assert len(q1.candidates) == 3
     assert len(q2.candidates) == 3
     assert [c.label for c in q1.candidates] == [1, 0, 0]
-    assert groups == build_groups(collection, "train", GroupSpec(negatives=2, depth=8, min_grade=2))
+    assert groups == build_groups(collection, "train", GroupSpec(negatives=2, num_candidates=8, min_grade=2))
 
 
 def test_passage_cuts_keep_a_seeded_prefix_of_at_least_min_words(train_collection: Path) -> None:
     collection = load_collection(train_collection)
-    plain = build_groups(collection, "train", GroupSpec(negatives=3, depth=8))
-    cut = build_groups(collection, "train", GroupSpec(negatives=3, depth=8, cut_min_words=2))
-    assert cut == build_groups(collection, "train", GroupSpec(negatives=3, depth=8, cut_min_words=2))
+    plain = build_groups(collection, "train", GroupSpec(negatives=3, num_candidates=8))
+    cut = build_groups(collection, "train", GroupSpec(negatives=3, num_candidates=8, cut_min_words=2))
+    assert cut == build_groups(collection, "train", GroupSpec(negatives=3, num_candidates=8, cut_min_words=2))
     pairs = [
         (a, b)
         for ga, gb in zip(plain, cut, strict=True)
@@ -79,7 +79,9 @@ def test_passage_cuts_keep_a_seeded_prefix_of_at_least_min_words(train_collectio
 
 
 def test_groups_round_trip_through_jsonl_and_split_by_query(train_collection: Path, tmp_path: Path) -> None:
-    groups = build_groups(load_collection(train_collection), "train", GroupSpec(negatives=2, depth=8))
+    groups = build_groups(
+        load_collection(train_collection), "train", GroupSpec(negatives=2, num_candidates=8)
+    )
     sha = save_groups(groups, tmp_path / "groups.jsonl")
     assert len(sha) == 64
     assert load_groups(tmp_path / "groups.jsonl") == groups
@@ -90,7 +92,9 @@ def test_groups_round_trip_through_jsonl_and_split_by_query(train_collection: Pa
 
 
 def test_teacher_scores_attach_and_missing_ones_are_named(train_collection: Path) -> None:
-    groups = build_groups(load_collection(train_collection), "train", GroupSpec(negatives=1, depth=8))
+    groups = build_groups(
+        load_collection(train_collection), "train", GroupSpec(negatives=1, num_candidates=8)
+    )
     run = {g.query_id: {c.doc_id: float(i) for i, c in enumerate(g.candidates)} for g in groups}
     assert all(g.has_teacher for g in attach_teacher(groups, run, source="t.trec"))
     del run["q1"][groups[0].candidates[0].doc_id]

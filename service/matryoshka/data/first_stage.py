@@ -21,7 +21,7 @@ from typing import Any, Literal
 import bm25s  # type: ignore[import-untyped]
 import numpy as np
 
-from matryoshka.eval.datasets import Collection, DataError, Run, document_text, read_run, truncate_run
+from matryoshka.data.datasets import Collection, DataError, Run, document_text, read_run, truncate_run
 
 log = logging.getLogger(__name__)
 

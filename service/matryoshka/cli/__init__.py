@@ -1,0 +1,18 @@
+"""Command line: `matryoshka serve | rerank | bench | eval | train | distill`, one module per group."""
+
+from __future__ import annotations
+
+import typer
+
+from matryoshka.cli import bench, rerank, serve, train
+from matryoshka.cli import eval as evaluation  # not to shadow the builtin
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Matryoshka re-ranker: depth, width, early exit."
+)
+app.command()(rerank.rerank)
+app.command()(serve.serve)
+app.add_typer(bench.app, name="bench")
+app.add_typer(evaluation.app, name="eval")
+app.command("train")(train.train_command)
+app.command("distill")(train.distill_command)

@@ -1,0 +1,62 @@
+"""What the engine is asked and what it answers: a Job (query, documents, resolved plan, deadline),
+each document's Outcome, the JobResult, and the errors a job can end in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from matryoshka.engine.cost import Usage
+from matryoshka.engine.exits import ExitReason
+from matryoshka.engine.plan import Plan
+from matryoshka.model.prompt import Truncation
+from matryoshka.model.state import RowState
+
+
+class EngineError(Exception):
+    """A request the engine could not answer."""
+
+
+class BudgetExceededError(EngineError):
+    """The budget ran out before the first head layer, so there is no partial answer to give."""
+
+
+class RequestCancelledError(EngineError):
+    """The caller cancelled; the request stopped at a layer boundary."""
+
+
+@dataclass
+class Job:
+    """One request for the executor: a query, its documents and a resolved plan."""
+
+    query: str
+    documents: Sequence[str]
+    plan: Plan
+    truncation: Truncation = field(default_factory=Truncation)
+    resume: Mapping[int, RowState] = field(default_factory=dict)  # document index -> cached state
+    keep_states: bool = False  # hand back each row's state at its exit layer
+    cancelled: Callable[[], bool] | None = None
+    deadline: float | None = None  # absolute time.monotonic() the answer is due by (a gRPC deadline)
+
+
+@dataclass
+class Outcome:
+    """One document's result: scores at its exit layer and why it exited there."""
+
+    index: int
+    logit: float
+    probability: float
+    exit_layer: int
+    exit_reason: ExitReason | None  # None while still running (stage snapshots)
+    tokens: int  # input tokens before any merging
+
+
+@dataclass
+class JobResult:
+    """The executor's answer to one Job."""
+
+    outcomes: list[Outcome]
+    usage: Usage
+    partial: bool  # some documents stopped for the budget
+    states: dict[int, RowState]
+    compute_seconds: float

@@ -1,0 +1,95 @@
+"""The named plans, one definition for the service, evaluation, training and benchmarks.
+
+Named plans, built from the model's shape (L = num_layers):
+- `full`: every layer, full width.
+- `light`: depth L // 2, the passage halved (WidthTarget(ratio=2.0)) after layer max(1, L // 4), i.e.
+  "half depth + 50% width from a quarter of the depth" (for SmolLM2-135M: depth 15, merge after 7).
+- `adaptive`: full depth and width with a confidence exit from half depth on: a candidate stops at the
+  first head layer >= L // 2 where its calibrated probability is <= 0.02 ("confidently irrelevant")
+  or >= 0.99 ("confidently relevant"). These are the ConfidenceExit defaults the service uses; the
+  asymmetry is the paper's (exit early on clear negatives, conservatively on positives). Starting at
+  half depth keeps weak early layers from deciding. Thresholds and start layer are options.
+Depths snap to the nearest head layer at or below the wanted one (every layer has a head by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from matryoshka.engine.plan import ConfidenceExit, Plan
+from matryoshka.model.matryoshka_model import ModelInfo
+from matryoshka.model.width import WidthTarget
+
+PLAN_NAMES = ("full", "light", "adaptive")
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    """The adaptive plan's thresholds; `min_layer` None means half the model's depth."""
+
+    relevant: float | None = 0.99
+    irrelevant: float | None = 0.02
+    min_layer: int | None = None
+
+
+def head_at_or_below(info: ModelInfo, layer: int) -> int:
+    """The deepest head layer <= `layer`, or the shallowest head layer if none is that shallow."""
+    below = [h for h in info.head_layers if h <= layer]
+    return max(below) if below else min(info.head_layers)
+
+
+def light_merge_layer(num_layers: int) -> int:
+    """The layer after which the `light` plan halves the passage: a quarter of the depth (at least 1)."""
+    return max(1, num_layers // 4)
+
+
+def light_plan(info: ModelInfo) -> Plan:
+    """Half depth, passage halved after a quarter of the depth (no merge if that is not before the depth)."""
+    depth = head_at_or_below(info, max(1, info.num_layers // 2))
+    merge_at = light_merge_layer(info.num_layers)
+    width = {merge_at: WidthTarget(ratio=2.0)} if merge_at < depth else {}
+    return Plan(depth=depth, width=width)
+
+
+def adaptive_plan(info: ModelInfo, exits: ExitConfig | None = None) -> Plan:
+    """Full depth with a confidence exit from `exits.min_layer` (default: half depth) on."""
+    exits = exits or ExitConfig()
+    min_layer = exits.min_layer if exits.min_layer is not None else max(1, info.num_layers // 2)
+    return Plan(
+        confidence=ConfidenceExit(relevant=exits.relevant, irrelevant=exits.irrelevant, min_layer=min_layer)
+    )
+
+
+def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> Plan:
+    """The plan called `name` (one of PLAN_NAMES) for this model."""
+    if name == "full":
+        return Plan()
+    if name == "light":
+        return light_plan(info)
+    if name == "adaptive":
+        return adaptive_plan(info, exits)
+    raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLAN_NAMES)}")
+
+
+def parse_plan_names(spec: str) -> list[str]:
+    """A comma list of plan names ("" = none: first stage only); unknown or repeated names are errors."""
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    unknown = [n for n in names if n not in PLAN_NAMES]
+    if unknown:
+        raise ValueError(f"unknown plan(s) {', '.join(unknown)}; choose from {', '.join(PLAN_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"plan names repeat in {spec!r}")
+    return names
+
+
+def describe_plan(plan: Plan) -> str:
+    """A short human description, e.g. "depth 15, width /2 after 7"."""
+    parts = [f"depth {plan.depth}" if plan.depth is not None else "full depth"]
+    for layer, target in sorted(plan.width.items()):
+        parts.append(f"width /{target.ratio:g} after {layer}" if target.ratio else f"width ={target.length}")
+    if plan.confidence is not None:
+        c = plan.confidence
+        parts.append(f"exit p<={c.irrelevant} or p>={c.relevant} from layer {c.min_layer}")
+    if plan.cascade is not None:
+        parts.append(f"cascade top {plan.cascade.top_n}")
+    return ", ".join(parts)
