@@ -1,0 +1,60 @@
+"""The Go and Java clients (clients/go, clients/java) against a real server: ranking, errors, info, health.
+
+Each language's own tests do the asserting (Go: `go test`, Java: a JUnit 4 class); here they are built
+offline against Debian's packages and pointed at the session's server through MATRYOSHKA_TARGET, and
+the example programs are run once each.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ServerProcess
+from tests.toolchains import GO_TOOLS, require
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+GO = ROOT / "clients" / "go" / "go.sh"
+QUERY = "who wrote romeo and juliet"
+DOCS = [
+    "Bananas are rich in potassium.",
+    "Romeo and Juliet is a tragedy written by William Shakespeare early in his career.",
+    "The stock market fell sharply on Monday.",
+]
+GO_LIVE_TESTS = (
+    "TestLiveRerankRanksTheAnswerFirst",
+    "TestLiveBadRequestNamesTheFields",
+    "TestLiveModelInfoAndHealth",
+)
+
+
+def run(*args: str | Path, target: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(a) for a in args],
+        env={**os.environ, "MATRYOSHKA_TARGET": target},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def test_go_client_tests_pass_against_the_server(default_server: ServerProcess) -> None:
+    require(*GO_TOOLS)
+    done = run(GO, "test", "-count=1", "-v", "./...", target=default_server.target)
+    for name in GO_LIVE_TESTS:  # passed, not skipped
+        assert f"--- PASS: {name} " in done.stdout, done.stdout
+
+
+def test_go_example_ranks_the_answer_first(default_server: ServerProcess, tmp_path: Path) -> None:
+    require(*GO_TOOLS)
+    binary = tmp_path / "rerank"
+    run(GO, "build", "-o", binary, "./cmd/rerank", target=default_server.target)
+    done = run(binary, "-target", default_server.target, "-budget", "60s", QUERY, *DOCS, target="")
+    assert done.stdout.splitlines()[0].split("\t")[0] == "1", done.stdout
