@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import ServerProcess
-from tests.toolchains import GO_TOOLS, require
+from tests.toolchains import GO_TOOLS, JAVA_TOOLS, require
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 GO = ROOT / "clients" / "go" / "go.sh"
+JAVA_BUILD = ROOT / "clients" / "java" / "build.sh"
+JAVA_PACKAGE = "dev.matryoshka.rerank.client"
 QUERY = "who wrote romeo and juliet"
 DOCS = [
     "Bananas are rich in potassium.",
@@ -45,6 +47,15 @@ def run(*args: str | Path, target: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+@pytest.fixture(scope="session")
+def java_classpath(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The Java client, example and tests compiled once per session; their runtime classpath."""
+    require(*JAVA_TOOLS)
+    out = tmp_path_factory.mktemp("java")
+    run(JAVA_BUILD, out, target="")
+    return (out / "classpath").read_text().strip()
+
+
 def test_go_client_tests_pass_against_the_server(default_server: ServerProcess) -> None:
     require(*GO_TOOLS)
     done = run(GO, "test", "-count=1", "-v", "./...", target=default_server.target)
@@ -57,4 +68,33 @@ def test_go_example_ranks_the_answer_first(default_server: ServerProcess, tmp_pa
     binary = tmp_path / "rerank"
     run(GO, "build", "-o", binary, "./cmd/rerank", target=default_server.target)
     done = run(binary, "-target", default_server.target, "-budget", "60s", QUERY, *DOCS, target="")
+    assert done.stdout.splitlines()[0].split("\t")[0] == "1", done.stdout
+
+
+def test_java_client_tests_pass_against_the_server(
+    default_server: ServerProcess, java_classpath: str
+) -> None:
+    done = run(
+        "java",
+        "-cp",
+        java_classpath,
+        "org.junit.runner.JUnitCore",
+        f"{JAVA_PACKAGE}.RerankClientTest",
+        target=default_server.target,
+    )
+    assert "OK (" in done.stdout, done.stdout
+
+
+def test_java_example_ranks_the_answer_first(default_server: ServerProcess, java_classpath: str) -> None:
+    done = run(
+        "java",
+        "-cp",
+        java_classpath,
+        f"{JAVA_PACKAGE}.Example",
+        default_server.target,
+        "60000",
+        QUERY,
+        *DOCS,
+        target="",
+    )
     assert done.stdout.splitlines()[0].split("\t")[0] == "1", done.stdout

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.toolchains import GO_TOOLS, require
+from tests.toolchains import GO_TOOLS, JAVA_TOOLS, require
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("language", "tools"), [("go", GO_TOOLS)])
+@pytest.mark.parametrize(("language", "tools"), [("go", GO_TOOLS), ("java", JAVA_TOOLS)])
 def test_committed_stubs_match_proto(language: str, tools: tuple[str, ...]) -> None:
     require(*tools)
     script = ROOT / "clients" / language / "generate.sh"
