@@ -18,3 +18,12 @@ def test_committed_stubs_match_proto(language: str, tools: tuple[str, ...]) -> N
     script = ROOT / "clients" / language / "generate.sh"
     done = subprocess.run([str(script), "--check"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_go_sources_are_gofmt_clean() -> None:
+    require("gofmt")
+    done = subprocess.run(
+        ["gofmt", "-l", str(ROOT / "clients" / "go")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert not done.stdout, f"not gofmt-formatted:\n{done.stdout}"
