@@ -35,10 +35,12 @@ GO_LIVE_TESTS = (
 )
 
 
-def run(*args: str | Path, target: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str | Path, target: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command to success; `target` (a server address) goes to it as MATRYOSHKA_TARGET."""
+    env = dict(os.environ) if target is None else {**os.environ, "MATRYOSHKA_TARGET": target}
     done = subprocess.run(
         [str(a) for a in args],
-        env={**os.environ, "MATRYOSHKA_TARGET": target},
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -52,7 +54,7 @@ def java_classpath(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The Java client, example and tests compiled once per session; their runtime classpath."""
     require(*JAVA_TOOLS)
     out = tmp_path_factory.mktemp("java")
-    run(JAVA_BUILD, out, target="")
+    run(JAVA_BUILD, out)
     return (out / "classpath").read_text().strip()
 
 
@@ -66,8 +68,8 @@ def test_go_client_tests_pass_against_the_server(default_server: ServerProcess) 
 def test_go_example_ranks_the_answer_first(default_server: ServerProcess, tmp_path: Path) -> None:
     require(*GO_TOOLS)
     binary = tmp_path / "rerank"
-    run(GO, "build", "-o", binary, "./cmd/rerank", target=default_server.target)
-    done = run(binary, "-target", default_server.target, "-budget", "60s", QUERY, *DOCS, target="")
+    run(GO, "build", "-o", binary, "./cmd/rerank")
+    done = run(binary, "-target", default_server.target, "-budget", "60s", QUERY, *DOCS)
     assert done.stdout.splitlines()[0].split("\t")[0] == "1", done.stdout
 
 
@@ -95,6 +97,5 @@ def test_java_example_ranks_the_answer_first(default_server: ServerProcess, java
         "60000",
         QUERY,
         *DOCS,
-        target="",
     )
     assert done.stdout.splitlines()[0].split("\t")[0] == "1", done.stdout
