@@ -1,0 +1,183 @@
+package dev.matryoshka.rerank.client;
+
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertFalse;
+import static org.junit.Assert.assertNull;
+import static org.junit.Assert.assertTrue;
+import static org.junit.Assert.fail;
+import static org.junit.Assume.assumeTrue;
+
+import com.google.protobuf.Any;
+import com.google.rpc.BadRequest;
+import dev.matryoshka.rerank.v1.Budget;
+import dev.matryoshka.rerank.v1.ModelInfo;
+import dev.matryoshka.rerank.v1.RerankRequest;
+import dev.matryoshka.rerank.v1.RerankResponse;
+import dev.matryoshka.rerank.v1.RerankServiceGrpc;
+import io.grpc.Context;
+import io.grpc.Deadline;
+import io.grpc.Metadata;
+import io.grpc.Server;
+import io.grpc.ServerBuilder;
+import io.grpc.ServerCall;
+import io.grpc.ServerCallHandler;
+import io.grpc.ServerInterceptor;
+import io.grpc.ServerInterceptors;
+import io.grpc.Status;
+import io.grpc.health.v1.HealthCheckResponse;
+import io.grpc.protobuf.StatusProto;
+import io.grpc.stub.StreamObserver;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.List;
+import java.util.Set;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.Collectors;
+import org.junit.Test;
+
+/**
+ * The client against a fake server (metadata, deadline, error details) and, when MATRYOSHKA_TARGET is
+ * set (tests/integration/test_clients.py sets it), against a real one.
+ */
+public class RerankClientTest {
+  private static final String QUERY = "who wrote romeo and juliet";
+  private static final String[] DOCS = {
+    "The speed of light in vacuum is about 300,000 km per second.",
+    "Bananas are rich in potassium.",
+    "Romeo and Juliet is a tragedy written by William Shakespeare early in his career.",
+    "The stock market fell sharply on Monday.",
+  };
+  private static final Metadata.Key<String> AUTHORIZATION =
+      Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
+
+  @Test
+  public void deadlineIsTheLatencyBudgetPlusGraceElseTheFallback() {
+    RerankRequest budgeted =
+        RerankClient.request("q", "d").setBudget(RerankClient.latencyBudget(Duration.ofSeconds(2))).build();
+    assertEquals(
+        Duration.ofSeconds(2).plus(RerankClient.BUDGET_GRACE),
+        RerankClient.deadlineFor(budgeted, Duration.ofMinutes(1)));
+    RerankRequest flopsOnly =
+        RerankClient.request("q", "d").setBudget(Budget.newBuilder().setMaxFlops(1e9)).build();
+    assertEquals(Duration.ofMinutes(1), RerankClient.deadlineFor(flopsOnly, Duration.ofMinutes(1)));
+    assertNull(RerankClient.deadlineFor(RerankClient.request("q", "d").build(), null));
+  }
+
+  /** Records the authorization header and deadline of a call, then fails it as the server does. */
+  private static final class FakeServer extends RerankServiceGrpc.RerankServiceImplBase
+      implements ServerInterceptor {
+    volatile String authorization;
+    volatile Deadline deadline;
+
+    @Override
+    public <Q, R> ServerCall.Listener<Q> interceptCall(
+        ServerCall<Q, R> call, Metadata headers, ServerCallHandler<Q, R> next) {
+      authorization = headers.get(AUTHORIZATION);
+      return next.startCall(call, headers);
+    }
+
+    @Override
+    public void rerank(RerankRequest request, StreamObserver<RerankResponse> responses) {
+      deadline = Context.current().getDeadline();
+      BadRequest bad =
+          BadRequest.newBuilder()
+              .addFieldViolations(
+                  BadRequest.FieldViolation.newBuilder().setField("top_n").setDescription("must be >= 0"))
+              .build();
+      responses.onError(
+          StatusProto.toStatusRuntimeException(
+              com.google.rpc.Status.newBuilder()
+                  .setCode(Status.Code.INVALID_ARGUMENT.value())
+                  .setMessage("invalid request")
+                  .addDetails(Any.pack(bad))
+                  .build()));
+    }
+  }
+
+  @Test
+  public void tokenDeadlineAndFieldViolationsReachTheirEnds() throws Exception {
+    FakeServer fake = new FakeServer();
+    Server server =
+        ServerBuilder.forPort(0).addService(ServerInterceptors.intercept(fake, fake)).build().start();
+    try (RerankClient client =
+        RerankClient.builder("127.0.0.1:" + server.getPort()).bearerToken("s3cret").build()) {
+      client.rerank(
+          RerankClient.request("q", "d").setBudget(RerankClient.latencyBudget(Duration.ofSeconds(3))).build());
+      fail("the fake server fails every call");
+    } catch (RerankException e) {
+      assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+      assertEquals(List.of(new RerankException.FieldViolation("top_n", "must be >= 0")), e.fieldViolations());
+    } finally {
+      server.shutdownNow();
+    }
+    assertEquals("Bearer s3cret", fake.authorization);
+    long left = fake.deadline.timeRemaining(TimeUnit.MILLISECONDS);
+    assertTrue("deadline " + left + " ms", left > 2500 && left <= 3500);
+  }
+
+  @Test
+  public void aMissingCaFileFailsTheBuild() {
+    try (RerankClient client =
+        RerankClient.builder("127.0.0.1:1").caFile(Path.of("/nonexistent/ca.pem")).build()) {
+      fail("built a TLS client without its CA file: " + client);
+    } catch (IOException expected) {
+      // the CA file is read when the client is built
+    }
+  }
+
+  private static RerankClient live() throws Exception {
+    String target = System.getenv("MATRYOSHKA_TARGET");
+    assumeTrue("MATRYOSHKA_TARGET not set: no live server", target != null && !target.isEmpty());
+    return RerankClient.builder(target).timeout(Duration.ofMinutes(1)).bearerToken("not-checked-yet").build();
+  }
+
+  @Test
+  public void liveRerankRanksTheAnswerFirst() throws Exception {
+    try (RerankClient client = live()) {
+      RerankResponse response =
+          client.rerank(
+              RerankClient.request(QUERY, DOCS)
+                  .setBudget(RerankClient.latencyBudget(Duration.ofSeconds(60)))
+                  .setRequestId("java-1")
+                  .build());
+      assertEquals(DOCS.length, response.getResultsCount());
+      assertEquals(2, response.getResults(0).getIndex());
+      assertEquals("java-1", response.getRequestId());
+      assertFalse(response.getPartial());
+      assertTrue(response.getUsage().getFlops() > 0);
+    }
+  }
+
+  @Test
+  public void liveBadRequestNamesTheFields() throws Exception {
+    try (RerankClient client = live()) {
+      client.rerank(RerankClient.request("   ", DOCS).setTopN(-1).build());
+      fail("an empty query and a negative top_n must be rejected");
+    } catch (RerankException e) {
+      assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+      Set<String> fields =
+          e.fieldViolations().stream().map(RerankException.FieldViolation::field).collect(Collectors.toSet());
+      assertTrue(e.getMessage(), fields.containsAll(Set.of("query", "top_n")));
+    }
+  }
+
+  @Test
+  public void liveModelInfoAndHealth() throws Exception {
+    try (RerankClient client = live()) {
+      List<ModelInfo> models = client.modelInfo("");
+      assertFalse(models.isEmpty());
+      assertTrue(models.get(0).getIsDefault());
+      assertTrue(models.get(0).getNumLayers() > 0 && models.get(0).getHeadLayersCount() > 0);
+      for (String service : List.of("", "matryoshka.v1.RerankService")) {
+        assertEquals(HealthCheckResponse.ServingStatus.SERVING, client.health(service));
+      }
+      try {
+        client.modelInfo("no-such-model");
+        fail("an unknown model must be NOT_FOUND");
+      } catch (RerankException e) {
+        assertEquals(Status.Code.NOT_FOUND, e.code());
+      }
+    }
+  }
+}
