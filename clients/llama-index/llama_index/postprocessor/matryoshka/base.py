@@ -106,7 +106,9 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
         for step in steps:
             if step.layer < 1:
                 raise ValueError(f"width step layers are 1-based, got {step}")
-            if (step.ratio is not None and not step.ratio >= 1) or (step.length is not None and step.length < 1):
+            if (step.ratio is not None and not step.ratio >= 1) or (
+                step.length is not None and step.length < 1
+            ):
                 raise ValueError(f"width step ratio must be >= 1 and length >= 1, got {step}")
         return steps
 
