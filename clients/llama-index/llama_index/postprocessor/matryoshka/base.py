@@ -193,7 +193,8 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
         return [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
 
     def _ranked(self, nodes: list[NodeWithScore], result: RerankResult) -> list[NodeWithScore]:
-        """The server's ranking (best first) as copies of the nodes, cut to top_n, with exit metadata."""
+        """The server's ranking (best first) as copies of the nodes, cut to top_n, with exit metadata;
+        announced to the dispatcher as a ReRankEndEvent."""
         ranked = []
         for doc in result.results[: self.top_n]:
             original = nodes[doc.index]
