@@ -28,6 +28,9 @@ def test_tokens_from_the_environment_and_a_file(tmp_path: Path) -> None:
     assert load_tokens(settings) == (b"a", b"b", b"file-one", b"file-two")
     assert load_tokens(Settings()) == ()
     assert "a, b" not in repr(settings)  # a SecretStr: never printed
+    (tmp_path / "empty").write_text("\n  \n")
+    with pytest.raises(ValueError, match="hold no token"):
+        load_tokens(Settings(auth_token_file=tmp_path / "empty"))  # never silently open
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Never document or query text, never metadata (tokens travel there).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
@@ -107,6 +108,18 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return grpc.unary_unary_rpc_method_handler(unary, **kw)
         stream_inner = handler.unary_stream
+        if not inspect.isasyncgenfunction(stream_inner):  # writes with context.write (health's Watch)
+
+            async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                record = CallRecord(method, request, context)
+                try:
+                    await stream_inner(request, context)
+                except BaseException as exc:
+                    record.write(_code(context, exc))
+                    raise
+                record.write(_code(context, None))
+
+            return grpc.unary_stream_rpc_method_handler(writer, **kw)
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             record = CallRecord(method, request, context)

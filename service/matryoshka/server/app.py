@@ -16,7 +16,7 @@ from matryoshka.engine.reranker import Reranker
 from matryoshka.engine.scheduler import Scheduler
 from matryoshka.server.access_log import AccessLogInterceptor
 from matryoshka.server.metrics import Metrics
-from matryoshka.server.security import TokenAuthInterceptor, load_tokens, server_credentials
+from matryoshka.server.security import TokenAuthInterceptor, auth_on, load_tokens, server_credentials
 from matryoshka.server.servicer import RerankServicer
 from matryoshka.server.settings import Settings
 from matryoshka.server.wire import DecodeGuardInterceptor
@@ -72,6 +72,8 @@ async def start(settings: Settings, reranker: Reranker | None = None) -> Running
     else:
         port = server.add_secure_port(address, credentials)
     await server.start()
+    if credentials is None and auth_on(settings):
+        log.warning("bearer tokens over plaintext: anyone on the path can read them; set MATRYOSHKA_TLS_*")
     log.info(
         "listening on %s:%d (%s; NOT_SERVING until the model is warm)",
         settings.host,
@@ -133,7 +135,7 @@ def reflection_on(settings: Settings) -> bool:
     """Reflection as asked for; by default on only when authentication is off."""
     if settings.reflection is not None:
         return settings.reflection
-    return settings.auth_tokens is None and settings.auth_token_file is None
+    return not auth_on(settings)
 
 
 async def serve(settings: Settings) -> None:

@@ -32,14 +32,23 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def auth_on(settings: Settings) -> bool:
+    """Whether bearer tokens are configured."""
+    return settings.auth_tokens is not None or settings.auth_token_file is not None
+
+
 def load_tokens(settings: Settings) -> tuple[bytes, ...]:
-    """The accepted bearer tokens (empty: authentication is off)."""
+    """The accepted bearer tokens (empty: authentication is off); raises ValueError when tokens are
+    configured but none is there (an empty file must not turn authentication off)."""
     tokens: list[str] = []
     if settings.auth_tokens is not None:
         tokens += settings.auth_tokens.get_secret_value().split(",")
     if settings.auth_token_file is not None:
         tokens += settings.auth_token_file.read_text().splitlines()
-    return tuple(t.strip().encode() for t in tokens if t.strip())
+    accepted = tuple(t.strip().encode() for t in tokens if t.strip())
+    if auth_on(settings) and not accepted:
+        raise ValueError("MATRYOSHKA_AUTH_TOKENS / MATRYOSHKA_AUTH_TOKEN_FILE are set but hold no token")
+    return accepted
 
 
 def token_of(metadata: tuple[Any, ...] | None) -> bytes | None:
