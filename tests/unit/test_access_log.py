@@ -56,3 +56,17 @@ def test_health_watch_streams_through_the_interceptors(channel: grpc.Channel) ->
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     watch.cancel()
+
+
+def test_an_over_long_request_id_is_cut_in_the_log(
+    channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="matryoshka.access")
+    request = pb.RerankRequest(
+        query="the cat", documents=[pb.Document(text="the cat")], request_id="r" * 100_000
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        pb_grpc.RerankServiceStub(channel).Rerank(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (line,) = lines(caplog, "r" * 128)
+    assert line["code"] == "INVALID_ARGUMENT"

@@ -21,6 +21,7 @@ import grpc
 from matryoshka_client.proto import rerank_service_pb2 as pb
 
 log = logging.getLogger("matryoshka.access")
+MAX_LOGGED_ID = 128  # RerankRequest.request_id's own limit
 QUIET_PREFIX = "/grpc.health.v1.Health/"  # probes arrive every few seconds: logged at DEBUG
 
 
@@ -48,7 +49,8 @@ class CallRecord:
         self.method = method
         self.peer = context.peer()
         rerank = ensure_request_id(request)
-        self.request_id = rerank.request_id if rerank is not None else ""
+        # an over-long id is refused (INVALID_ARGUMENT), but must not flood the log first
+        self.request_id = rerank.request_id[:MAX_LOGGED_ID] if rerank is not None else ""
         self.documents = len(rerank.documents) if rerank is not None else 0
         self.exit_layers: dict[str, int] = {}
 
