@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import grpc
 import pytest
@@ -29,14 +31,28 @@ class ServerProcess:
     process: subprocess.Popen[str]
     port: int
     env: dict[str, str]
+    log: IO[str]  # stdout + stderr (a file, so a chatty server never blocks on a full pipe)
+    credentials: grpc.ChannelCredentials | None = None  # what health checks connect with (TLS servers)
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def output(self) -> str:
+        """Everything the server has printed so far."""
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def channel(self) -> grpc.Channel:
+        """A channel as the health checks use: TLS with `credentials` when set."""
+        if self.credentials is not None:
+            return grpc.secure_channel(self.target, self.credentials)
+        return grpc.insecure_channel(self.target)
+
     def health(self, timeout: float = 1.0) -> int | None:
         """The overall health status, or None when the port does not answer yet."""
-        with grpc.insecure_channel(self.target) as channel:
+        with self.channel() as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=timeout
@@ -51,9 +67,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.process.returncode}: {self.process.stdout.read()}"
-                )  # type: ignore[union-attr]
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.output()}")
             status = self.health()
             if not seen or seen[-1] != status:
                 seen.append(status)
@@ -70,20 +84,23 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.log.close()
 
 
-def launch(**env: str) -> ServerProcess:
-    """Start a server with MATRYOSHKA_* settings from `env` (not waiting for it)."""
+def launch(credentials: grpc.ChannelCredentials | None = None, **env: str) -> ServerProcess:
+    """Start a server with MATRYOSHKA_* settings from `env` (not waiting for it); `credentials` are what
+    its health checks connect with."""
     port = free_port()
     environ = {**os.environ, "MATRYOSHKA_PORT": str(port), "MATRYOSHKA_DTYPE": "float32", **env}
+    log = tempfile.NamedTemporaryFile("w+", prefix="matryoshka-server-", suffix=".log")  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "matryoshka", "serve"],
         env=environ,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    return ServerProcess(process, port, env)
+    return ServerProcess(process, port, env, log, credentials)
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,6 @@ BAD_INPUTS = [
     ("depth beyond the model", {"depth": 31}, "depth"),
     ("increasing widths", {"width": [WidthStep(4, length=40), WidthStep(8, length=60)]}, "width[1].length"),
     ("ratio below one", {"width": [WidthStep(4, ratio=0.5)]}, "width[0].ratio"),
-    ("unknown model", {"model": "no-such-model"}, "model"),
 ]
 
 

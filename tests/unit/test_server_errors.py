@@ -7,8 +7,17 @@ from google.rpc import code_pb2, error_details_pb2
 from matryoshka.engine.job import BudgetExceededError, RequestCancelledError
 from matryoshka.engine.plan import FieldViolation
 from matryoshka.engine.scheduler import QueueFullError
-from matryoshka.server.errors import DrainingError, NotReadyError, to_status
-from matryoshka.server.translate import InvalidRequest
+from matryoshka.server.errors import (
+    MAX_DETAILS_BYTES,
+    MAX_MESSAGE_BYTES,
+    BadCredentialsError,
+    DrainingError,
+    MissingCredentialsError,
+    NotReadyError,
+    to_status,
+    truncate,
+)
+from matryoshka.server.translate import InvalidRequest, NonFiniteScoreError, UnknownModelError
 
 
 def test_invalid_request_carries_every_field_violation() -> None:
@@ -44,3 +53,33 @@ def test_unexpected_errors_are_internal_without_leaking_the_message() -> None:
     status = to_status(KeyError("secret-internal-detail"), log_internal=False)
     assert status.code == code_pb2.INTERNAL
     assert "secret" not in status.message
+
+
+def test_messages_and_details_are_capped_so_trailers_fit() -> None:
+    huge = InvalidRequest([FieldViolation(f"documents[{i}].text", "x" * 5000) for i in range(1000)])
+    status = to_status(huge)
+    assert len(status.message.encode()) <= MAX_MESSAGE_BYTES
+    assert status.message.endswith("more bytes]")
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    assert bad.ByteSize() <= MAX_DETAILS_BYTES
+    assert bad.field_violations[0].field == "documents[0].text"
+    assert bad.field_violations[-1].description.startswith("and ")
+    assert bad.field_violations[-1].description.endswith(" more violations")
+
+
+def test_truncate_keeps_short_text_and_cuts_on_characters() -> None:
+    assert truncate("short", 100) == "short"
+    cut = truncate("\u00e9" * 1000, 100)
+    assert len(cut.encode()) <= 100
+    assert cut.endswith("more bytes]")
+
+
+def test_unknown_model_auth_and_nan_scores() -> None:
+    assert to_status(UnknownModelError("x" * 100_000, ["a"])).code == code_pb2.NOT_FOUND
+    assert len(to_status(UnknownModelError("x" * 100_000, ["a"])).message) <= MAX_MESSAGE_BYTES
+    assert to_status(MissingCredentialsError()).code == code_pb2.UNAUTHENTICATED
+    assert to_status(BadCredentialsError()).code == code_pb2.PERMISSION_DENIED
+    nan = to_status(NonFiniteScoreError([3, 7]))
+    assert nan.code == code_pb2.INTERNAL
+    assert "[3, 7]" in nan.message

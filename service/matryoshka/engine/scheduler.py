@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from matryoshka.engine.executor import Executor
 from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
 
 StageListener = Callable[[int, list[Outcome]], None]  # (layer, outcomes so far)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """One batch as it starts: how many jobs and documents, and how long each job waited for it."""
+
+    num_jobs: int
+    num_documents: int
+    queue_waits: list[float]  # seconds, one per job
+
+
+BatchListener = Callable[[BatchStats], None]  # the owner's gauges; the engine imports no metrics library
 
 
 class QueueFullError(Exception):
@@ -33,15 +46,23 @@ class _Ticket:
     job: Job
     future: Future[JobResult]
     on_stage: StageListener | None
+    submitted: float = field(default_factory=time.monotonic)
 
 
 class Scheduler:
     """Owns the executor's thread; `submit` is safe from any thread."""
 
     def __init__(
-        self, executor: Executor, *, max_queue: int = 64, max_batch_jobs: int = 32, retry_after: float = 1.0
+        self,
+        executor: Executor,
+        *,
+        max_queue: int = 64,
+        max_batch_jobs: int = 32,
+        retry_after: float = 1.0,
+        on_batch: BatchListener | None = None,
     ) -> None:
         self.executor = executor
+        self.on_batch = on_batch
         self.max_queue = max_queue
         self.max_batch_jobs = max_batch_jobs
         self.retry_after = retry_after
@@ -95,6 +116,10 @@ class Scheduler:
 
     def _run(self, batch: list[_Ticket]) -> None:
         live = [t for t in batch if t.future.set_running_or_notify_cancel()]
+        if self.on_batch is not None and live:
+            now = time.monotonic()
+            documents = sum(len(t.job.documents) for t in live)
+            self.on_batch(BatchStats(len(live), documents, [now - t.submitted for t in live]))
 
         def on_stage(index: int, layer: int, outcomes: list[Outcome]) -> None:
             listener = live[index].on_stage

@@ -1,4 +1,5 @@
-"""Build and run the gRPC server: load + warm the model, health, reflection, metrics, SIGTERM drain."""
+"""Build and run the gRPC server: TLS, interceptors, load + warm the model, health, reflection, metrics,
+SIGTERM drain."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from grpc_reflection.v1alpha import reflection
 
 from matryoshka.engine.reranker import Reranker
 from matryoshka.engine.scheduler import Scheduler
+from matryoshka.server.access_log import AccessLogInterceptor
 from matryoshka.server.metrics import Metrics
+from matryoshka.server.security import TokenAuthInterceptor, auth_on, load_tokens, server_credentials
 from matryoshka.server.servicer import RerankServicer
 from matryoshka.server.settings import Settings
+from matryoshka.server.wire import DecodeGuardInterceptor
 from matryoshka_client.proto import rerank_service_pb2 as pb
 from matryoshka_client.proto import rerank_service_pb2_grpc as pb_grpc
 
@@ -44,26 +48,38 @@ class Running:
 
 async def start(settings: Settings, reranker: Reranker | None = None) -> Running:
     """Bind the port (NOT_SERVING), load and warm the model, then report SERVING."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.max_request_bytes + (1 << 16)),
-            ("grpc.max_send_message_length", 64 << 20),
-        ]
-    )
+    server = build_server(settings)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    if reflection_on(settings):
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
     metrics = Metrics()
     servicer = RerankServicer(settings, metrics)
     pb_grpc.add_RerankServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     await server.start()
-    log.info("listening on %s:%d (NOT_SERVING until the model is warm)", settings.host, port)
+    if credentials is None and auth_on(settings):
+        log.warning("bearer tokens over plaintext: anyone on the path can read them; set MATRYOSHKA_TLS_*")
+    log.info(
+        "listening on %s:%d (%s; NOT_SERVING until the model is warm)",
+        settings.host,
+        port,
+        "plaintext" if credentials is None else ("mTLS" if settings.tls_client_ca else "TLS"),
+    )
 
     engine = reranker
     if engine is None:
@@ -79,16 +95,47 @@ async def start(settings: Settings, reranker: Reranker | None = None) -> Running
     engine.executor.max_batch_rows = settings.max_batch_rows
     engine.executor.max_batch_tokens = settings.max_batch_tokens
     scheduler = Scheduler(
-        engine.executor, max_queue=settings.max_queue, retry_after=settings.retry_after_seconds
+        engine.executor,
+        max_queue=settings.max_queue,
+        retry_after=settings.retry_after_seconds,
+        on_batch=metrics.observe_batch,
     )
     servicer.attach(engine, scheduler)
     metrics_port = (
-        metrics.serve(settings.metrics_port, settings.host) if settings.metrics_port is not None else None
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+        if settings.metrics_port is not None
+        else None
     )
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s:%d", engine.info.name, settings.host, port)
     return Running(server, port, health_servicer, servicer, scheduler, metrics_port)
+
+
+def build_server(settings: Settings) -> grpc.aio.Server:
+    """A grpc.aio server with the request size limit (larger messages: RESOURCE_EXHAUSTED) and the
+    interceptors, outermost first: access log, token authentication (when tokens are set), decode guard."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.access_log:
+        interceptors.append(AccessLogInterceptor())
+    tokens = load_tokens(settings)
+    if tokens:
+        interceptors.append(TokenAuthInterceptor(tokens))
+    interceptors.append(DecodeGuardInterceptor())
+    return grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
+    )
+
+
+def reflection_on(settings: Settings) -> bool:
+    """Reflection as asked for; by default on only when authentication is off."""
+    if settings.reflection is not None:
+        return settings.reflection
+    return not auth_on(settings)
 
 
 async def serve(settings: Settings) -> None:

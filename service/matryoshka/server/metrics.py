@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from matryoshka.engine.scheduler import BatchStats
+
 
 class Metrics:
     """The service's instruments, in a registry of their own (tests can build many)."""
@@ -32,6 +34,28 @@ class Metrics:
         )
         self.documents = Counter("matryoshka_documents", "Documents re-ranked", registry=r)
         self.queue_size = Gauge("matryoshka_queue_size", "Requests waiting or running", registry=r)
+        self.queue_wait = Histogram(
+            "matryoshka_queue_wait_seconds",
+            "Time a request waited for its batch to start",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "matryoshka_batch_requests", "Requests per engine batch", buckets=(1, 2, 4, 8, 16, 32), registry=r
+        )
+        self.batch_documents = Histogram(
+            "matryoshka_batch_documents",
+            "Documents per engine batch",
+            buckets=(1, 4, 16, 64, 256, 1024, 4096),
+            registry=r,
+        )
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        """The scheduler's hook: batch size and each request's queue wait."""
+        self.batch_requests.observe(stats.num_jobs)
+        self.batch_documents.observe(stats.num_documents)
+        for wait in stats.queue_waits:
+            self.queue_wait.observe(wait)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics over HTTP; returns the bound port."""

@@ -18,7 +18,14 @@ from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.server.errors import DrainingError, NotReadyError, abort, status_code
 from matryoshka.server.metrics import Metrics
 from matryoshka.server.settings import Settings
-from matryoshka.server.translate import RerankCall, to_answer, to_call, to_model_info, to_results
+from matryoshka.server.translate import (
+    RerankCall,
+    UnknownModelError,
+    to_answer,
+    to_call,
+    to_model_info,
+    to_results,
+)
 from matryoshka_client.proto import rerank_service_pb2 as pb
 from matryoshka_client.proto import rerank_service_pb2_grpc as pb_grpc
 
@@ -124,7 +131,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             await abort(context, NotReadyError())
         if request.model and request.model not in self.models:
             self._count("GetModelInfo", grpc.StatusCode.NOT_FOUND, start)
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.model!r}")
+            await abort(context, UnknownModelError(request.model, sorted(self.models)))
         model = to_model_info(self.info, self.settings)
         self._count("GetModelInfo", grpc.StatusCode.OK, start)
         return pb.GetModelInfoResponse(models=[model])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,3 +37,21 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=64)
     deadline_margin_seconds: float = Field(0.05, ge=0, description="Kept back from a gRPC deadline")
     drain_seconds: float = Field(30.0, ge=0, description="Grace for in-flight calls on SIGTERM")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain; with tls_key, serve TLS only")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle; when set, callers must present a certificate it signed (mTLS)"
+    )
+    auth_tokens: SecretStr | None = Field(None, description="Accepted bearer tokens, comma-separated")
+    auth_token_file: Path | None = Field(None, description="File of accepted bearer tokens, one a line")
+    reflection: bool | None = Field(None, description="Serve gRPC reflection (default: only without auth)")
+    metrics_host: str = Field("127.0.0.1", description="Address the /metrics endpoint binds")
+    access_log: bool = Field(True, description="One structured log line per RPC (logger matryoshka.access)")
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set tls_cert and tls_key together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        return self

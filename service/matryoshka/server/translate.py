@@ -40,6 +40,29 @@ class InvalidRequest(ValueError):  # noqa: N818 - the gRPC status it maps to is 
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
 
 
+class UnknownModelError(LookupError):
+    """The request names a model this server does not serve (NOT_FOUND, for every RPC)."""
+
+    def __init__(self, name: str, served: list[str]) -> None:
+        super().__init__(f"unknown model {name!r}; served: {served}")
+
+
+class NonFiniteScoreError(ArithmeticError):
+    """The model produced NaN scores: an error, never a silently dropped document."""
+
+    def __init__(self, indexes: list[int]) -> None:
+        shown = ", ".join(map(str, indexes[:20])) + (", ..." if len(indexes) > 20 else "")
+        super().__init__(f"the model produced a NaN score for {len(indexes)} document(s): [{shown}]")
+
+
+def check_model(name: str, models: dict[str, ModelInfo]) -> ModelInfo:
+    """The served model `name`; raises UnknownModelError."""
+    info = models.get(name)
+    if info is None:
+        raise UnknownModelError(name, sorted(models))
+    return info
+
+
 @dataclass(frozen=True)
 class RerankCall:
     """A validated request in engine terms."""
@@ -59,13 +82,11 @@ class RerankCall:
 def to_call(
     req: pb.RerankRequest, models: dict[str, ModelInfo], default_model: str, settings: Settings
 ) -> RerankCall:
-    """Validate `req` and translate it; raises InvalidRequest listing every problem."""
+    """Validate `req` and translate it; raises UnknownModelError, or InvalidRequest listing every problem."""
     v: list[FieldViolation] = []
     add = v.append
     name = req.model or default_model
-    info = models.get(name)
-    if info is None:
-        add(FieldViolation("model", f"unknown model {req.model!r}; served: {sorted(models)}"))
+    info = check_model(name, models)
     if not req.query.strip():
         add(FieldViolation("query", "must not be empty"))
     elif len(req.query.encode()) > settings.max_query_bytes:
@@ -79,20 +100,18 @@ def to_call(
             add(FieldViolation(f"documents[{i}].text", "must not be empty"))
         elif len(doc.text.encode()) > settings.max_document_bytes:
             add(FieldViolation(f"documents[{i}].text", f"longer than {settings.max_document_bytes} bytes"))
-    size = req.ByteSize()
-    if size > settings.max_request_bytes:
-        add(FieldViolation("documents", f"request is {size} bytes; at most {settings.max_request_bytes}"))
     if req.top_n < 0:
         add(FieldViolation("top_n", f"must be >= 0, got {req.top_n}"))
     if req.depth < 0:
         add(FieldViolation("depth", f"must be >= 0 (0 = full depth), got {req.depth}"))
     if len(req.request_id) > 128:
         add(FieldViolation("request_id", "at most 128 characters"))
+    _check_enums(req, add)
     truncation = _truncation(req, settings, add)
     width = _width(req, add)
     confidence, cascade = _early_exit(req, add)
     budget = _budget(req, add)
-    if v or info is None:
+    if v:
         raise InvalidRequest(v)
     plan = Plan(depth=req.depth or None, width=width, confidence=confidence, cascade=cascade, budget=budget)
     try:
@@ -114,6 +133,18 @@ def to_call(
 
 
 Add = Callable[[FieldViolation], None]
+
+
+def _check_enums(req: pb.RerankRequest, add: Add) -> None:
+    """proto3 enums are open: unknown numbers arrive intact and are refused here."""
+    enums: tuple[tuple[str, int, Any], ...] = (
+        ("score_type", req.score_type, pb.ScoreType),
+        ("truncation.side", req.truncation.side, pb.TruncationSide),
+        ("cache_mode", req.cache_mode, pb.CacheMode),
+    )
+    for field, value, enum in enums:
+        if value not in enum.values():
+            add(FieldViolation(field, f"unknown value {value}; one of {list(enum.keys())}"))
 
 
 def _truncation(req: pb.RerankRequest, s: Settings, add: Add) -> Truncation:
@@ -216,6 +247,10 @@ SCORINGS = {"heads": pb.SCORING_MODE_HEADS, "query_likelihood": pb.SCORING_MODE_
 
 def to_results(call: RerankCall, outcomes: list[Outcome], running_ok: bool = False) -> list[pb.RerankResult]:
     """Outcomes ranked and cut to the call's top_n; `running_ok` allows rows still running (a stage)."""
+    if not running_ok:
+        nan = [o.index for o in outcomes if math.isnan(o.probability) or math.isnan(o.logit)]
+        if nan:
+            raise NonFiniteScoreError(nan)
     out = []
     for o in rank(outcomes, call.top_n):
         kwargs: dict[str, Any] = {}

@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from matryoshka_client._aio import AsyncRerankClient
 from matryoshka_client._common import MetadataInput
 from matryoshka_client._errors import FieldViolation, RerankError
+from matryoshka_client._security import PemInput, tls_credentials
 from matryoshka_client._sync import RerankClient
 from matryoshka_client._types import (
     Budget,
@@ -59,6 +60,7 @@ __all__ = [
     "MetadataInput",
     "ModelInfo",
     "ModelLimits",
+    "PemInput",
     "RerankClient",
     "RerankError",
     "RerankOptions",
@@ -72,4 +74,5 @@ __all__ = [
     "Usage",
     "WidthStep",
     "__version__",
+    "tls_credentials",
 ]

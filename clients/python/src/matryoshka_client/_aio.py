@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio
 
-from matryoshka_client._common import CallDefaults, MetadataInput, channel_options
+from matryoshka_client._common import CallDefaults, MetadataInput, channel_options, metadata_pairs
 from matryoshka_client._errors import RerankError
+from matryoshka_client._security import authorize
 from matryoshka_client._types import DocumentInput, ModelInfo, RerankOptions, RerankResult, RerankStage
 from matryoshka_client.convert import build_request, to_model_info, to_result, to_stage
 from matryoshka_client.proto import rerank_service_pb2 as pb
@@ -29,7 +30,7 @@ class AsyncRerankClient:
                 ...
 
     `target` is a gRPC target or an existing grpc.aio.Channel (which the caller keeps owning).
-    Failed calls raise RerankError.
+    `credentials` (see `tls_credentials`) and `token` as for RerankClient. Failed calls raise RerankError.
     """
 
     def __init__(
@@ -39,9 +40,11 @@ class AsyncRerankClient:
         timeout: float | None = None,
         metadata: MetadataInput | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._owns_channel = isinstance(target, str)
+        credentials, auth = authorize(credentials, token, self._owns_channel)
         if not isinstance(target, str):
             self._channel = target
         elif credentials is not None:
@@ -49,7 +52,7 @@ class AsyncRerankClient:
         else:
             self._channel = aio.insecure_channel(target, options=channel_options(options))
         self._stub = pb_grpc.RerankServiceStub(self._channel)
-        self._defaults = CallDefaults(timeout, metadata)
+        self._defaults = CallDefaults(timeout, metadata_pairs(metadata) + auth)
 
     async def rerank(
         self,

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from matryoshka_client._common import CallDefaults, MetadataInput, channel_options
+from matryoshka_client._common import CallDefaults, MetadataInput, channel_options, metadata_pairs
 from matryoshka_client._errors import RerankError
+from matryoshka_client._security import authorize
 from matryoshka_client._types import DocumentInput, ModelInfo, RerankOptions, RerankResult, RerankStage
 from matryoshka_client.convert import build_request, to_model_info, to_result, to_stage
 from matryoshka_client.proto import rerank_service_pb2 as pb
@@ -27,7 +28,8 @@ class RerankClient:
 
     `target` is a gRPC target ("host:port", "dns:///host:port", "unix:/path") or an existing
     grpc.Channel (which the caller keeps owning: close() leaves it open). `timeout` (seconds) and
-    `metadata` apply to every call; a call's own come on top. `credentials` makes a TLS channel.
+    `metadata` apply to every call; a call's own come on top. `credentials` makes a TLS channel
+    (see `tls_credentials`, for TLS and mutual TLS); `token` is a bearer token sent with every call.
     Failed calls raise RerankError.
     """
 
@@ -38,9 +40,11 @@ class RerankClient:
         timeout: float | None = None,
         metadata: MetadataInput | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._owns_channel = isinstance(target, str)
+        credentials, auth = authorize(credentials, token, self._owns_channel)
         if not isinstance(target, str):
             self._channel = target
         elif credentials is not None:
@@ -48,7 +52,7 @@ class RerankClient:
         else:
             self._channel = grpc.insecure_channel(target, options=channel_options(options))
         self._stub = pb_grpc.RerankServiceStub(self._channel)
-        self._defaults = CallDefaults(timeout, metadata)
+        self._defaults = CallDefaults(timeout, metadata_pairs(metadata) + auth)
 
     def rerank(
         self,

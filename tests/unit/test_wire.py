@@ -1,0 +1,63 @@
+"""Decoding requests off the wire: what does not decode names its field; NaN scores never vanish."""
+
+from __future__ import annotations
+
+import pytest
+
+from matryoshka.engine.exits import ExitReason
+from matryoshka.engine.job import Outcome
+from matryoshka.engine.plan import Plan
+from matryoshka.model.prompt import Truncation
+from matryoshka.server.translate import NonFiniteScoreError, RerankCall, to_results
+from matryoshka.server.wire import Undecodable, decoder, find_violations
+from matryoshka_client.proto import rerank_service_pb2 as pb
+
+MARK = "\u00a7MARK\u00a7"
+
+
+def broken(message: pb.RerankRequest | pb.StreamRerankRequest) -> bytes:
+    data = message.SerializeToString()
+    return data.replace(MARK.encode(), b"\xff" * len(MARK.encode()))
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (pb.RerankRequest(query=MARK), "query"),
+        (
+            pb.RerankRequest(documents=[pb.Document(text="a"), pb.Document(text="b", id=MARK)]),
+            "documents[1].id",
+        ),
+        (
+            pb.StreamRerankRequest(request=pb.RerankRequest(documents=[pb.Document(text=MARK)])),
+            "request.documents[0].text",
+        ),
+    ],
+)
+def test_invalid_utf8_names_the_field(message: pb.RerankRequest | pb.StreamRerankRequest, field: str) -> None:
+    decoded = decoder(type(message))(broken(message))
+    assert isinstance(decoded, Undecodable)
+    assert [v.field for v in decoded.error.violations] == [field]
+
+
+def test_valid_bytes_decode_and_truncated_bytes_name_the_break() -> None:
+    request = pb.RerankRequest(query="q", documents=[pb.Document(text="a document")])
+    assert decoder(pb.RerankRequest)(request.SerializeToString()) == request
+    violations = find_violations(pb.RerankRequest.DESCRIPTOR, request.SerializeToString()[:-2])
+    assert [v.field for v in violations] == ["documents[0]"]
+    decoded = decoder(pb.RerankRequest)(b"\x0f")  # wire type 7 does not exist
+    assert isinstance(decoded, Undecodable)
+    assert decoded.error.violations[0].description.startswith("malformed")
+
+
+def test_a_nan_score_is_an_error_not_a_dropped_document() -> None:
+    call = RerankCall(
+        "m", "q", ["a", "b"], ["", ""], Plan(depth=1), Truncation(), None, "probability", False, "r"
+    )
+    outcomes = [
+        Outcome(0, 1.0, 0.7, 1, ExitReason.DEPTH, 3),
+        Outcome(1, float("nan"), float("nan"), 1, ExitReason.DEPTH, 3),
+    ]
+    with pytest.raises(NonFiniteScoreError, match=r"\[1\]"):
+        to_results(call, outcomes)
+    assert len(to_results(call, outcomes, running_ok=True)) == 1  # a stage: row 1 not scored yet
