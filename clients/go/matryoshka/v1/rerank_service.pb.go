@@ -14,8 +14,13 @@
 //   INVALID_ARGUMENT    the request breaks a rule; the status details carry a google.rpc.BadRequest whose
 //                       field violations name every broken field by its path in the request message
 //                       (e.g. "early_exit.confidence.relevant", "width[1].length", "documents[3].text").
-//   NOT_FOUND           `model` names no model this server has.
-//   RESOURCE_EXHAUSTED  the server is at capacity; retry later (a google.rpc.RetryInfo may say when).
+//                       Bytes that do not decode (e.g. invalid UTF-8 in a string field) are answered
+//                       the same way, naming the field.
+//   NOT_FOUND           `model` names no model this server has (every RPC).
+//   RESOURCE_EXHAUSTED  the server is at capacity; retry later (a google.rpc.RetryInfo may say when);
+//                       or the message is over ModelInfo.limits.max_request_bytes.
+//   UNAUTHENTICATED     the server requires a bearer token (`authorization: Bearer <token>`) and the call
+//                       has none; PERMISSION_DENIED: the token is not accepted.
 //   DEADLINE_EXCEEDED   the gRPC deadline passed. Use Budget to get partial results instead of an error.
 //   UNAVAILABLE         the server is starting or shutting down; retry.
 //   INTERNAL            a bug; the message says what failed.
