@@ -19,7 +19,9 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, description="Prometheus /metrics port; off if unset"
     )
     model: str = Field("smollm2-135m", description="Backbone served as the default model")
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="auto: bf16 only where a start-up matmul probe finds it faster than fp32"
+    )
     scoring: Literal["heads", "query_likelihood"] | None = Field(None, description="default: by model family")
     artifact: str | None = Field(None, description="Trained artifact directory (default: the one shipped)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
@@ -36,3 +38,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=64)
     deadline_margin_seconds: float = Field(0.05, ge=0, description="Kept back from a gRPC deadline")
     drain_seconds: float = Field(30.0, ge=0, description="Grace for in-flight calls on SIGTERM")
+    max_step_tokens: int = Field(
+        2048, ge=64, description="Padded tokens one engine step advances (bounds a new request's wait)"
+    )
+    max_inflight_tokens: int = Field(
+        262144, ge=1024, description="Input tokens admitted at once (bounds layer-state memory)"
+    )
