@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -40,3 +41,48 @@ def bench_engine(
         )
         for label, c in f["configs"].items():
             typer.echo(f"  {label}: {c['pairs_per_s']:.2f} pairs/s, FLOPs saved {c['flops_saved']:.1%}")
+
+
+@app.command("load")
+def bench_load(
+    target: Annotated[str | None, typer.Option(help="A loopback server (default: start one here).")] = None,
+    data: Annotated[Path, typer.Option(help="BEIR folder with runs/<run>.")] = Path(
+        "../shared/data/trec-dl-2019"
+    ),
+    run_name: Annotated[
+        str, typer.Option("--run", help="TREC run file under DATA/runs.")
+    ] = "bm25.top100.trec",
+    clients: Annotated[str, typer.Option(help="Comma-separated client counts.")] = "1,4,16",
+    documents: Annotated[int, typer.Option(help="Candidates per request.")] = 20,
+    budget: Annotated[float, typer.Option(help="Per-request budget (s) of the budgeted runs.")] = 2.0,
+    seconds: Annotated[float, typer.Option(help="Seconds each scenario issues requests.")] = 20.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Closed-loop clients at several concurrencies, with and without a budget, plus a mixed run."""
+    from matryoshka.bench.load import run
+
+    try:
+        figures = run(
+            target,
+            data=data,
+            run_name=run_name,
+            clients=tuple(int(c) for c in clients.split(",") if c.strip()),
+            documents=documents,
+            budget=budget,
+            seconds=seconds,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    typer.echo(f"{figures['model']} ({figures['dtype']}) at {figures['target']} on {figures['data']}")
+    for f in [*figures["scenarios"], *figures["mixed"].values()]:
+        if not isinstance(f, dict):
+            continue
+        typer.echo(
+            f"  {f['clients']:>2} clients x {f['documents']} docs depth {f['depth']} budget {f['budget_s']}:"
+            f" {f['pairs_per_s']:.2f} pairs/s, p50 {f['p50_s']} p99 {f['p99_s']},"
+            f" within budget {f.get('within_budget')}, partial {f['partial_rate']}, errors {f['errors']}"
+        )
+    typer.echo(f"  short p99 beside long / alone: {figures['mixed']['short_p99_ratio']}")
