@@ -77,12 +77,19 @@ def bench_load(
         typer.echo(json.dumps(figures, indent=2))
         return
     typer.echo(f"{figures['model']} ({figures['dtype']}) at {figures['target']} on {figures['data']}")
-    for f in [*figures["scenarios"], *figures["mixed"].values()]:
-        if not isinstance(f, dict):
-            continue
+    mixed = figures["mixed"]
+    rows = [("", f) for f in figures["scenarios"]] + [
+        (f"{name}: ", mixed[name]) for name in ("short_alone", "short_beside_long", "long")
+    ]
+    for label, f in rows:
         typer.echo(
-            f"  {f['clients']:>2} clients x {f['documents']} docs depth {f['depth']} budget {f['budget_s']}:"
-            f" {f['pairs_per_s']:.2f} pairs/s, p50 {f['p50_s']} p99 {f['p99_s']},"
+            f"  {label}{f['clients']} clients x {f['documents']} docs, depth {f['depth']},"
+            f" budget {f['budget_s']}: {f['pairs_per_s']:.2f} pairs/s,"
+            f" p50 {_s(f['p50_s'])} p90 {_s(f['p90_s'])} p99 {_s(f['p99_s'])},"
             f" within budget {f.get('within_budget')}, partial {f['partial_rate']}, errors {f['errors']}"
         )
-    typer.echo(f"  short p99 beside long / alone: {figures['mixed']['short_p99_ratio']}")
+    typer.echo(f"  short p99 beside long / alone: {mixed['short_p99_ratio']}")
+
+
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}s"
