@@ -144,7 +144,7 @@ class Executor:
                 log.exception("a job's rows failed at layer %d", bucket.layer + 1)
                 run.fail(JobFailedError(f"layer {bucket.layer + 1} failed: {type(exc).__name__}: {exc}"))
         for run in stepped.values():
-            if not run.done and run.arrived_together:
+            if not run.done and run.at_one_layer:
                 self._arrive(run)
         took = time.monotonic() - tick
         for run in stepped.values():
@@ -221,7 +221,6 @@ class Executor:
             run.prob[b.rows] = scorer.calibration.probability(layer, logits).double().cpu()
             run.exit_layer[b.rows] = layer
             run.usage.flops += self.flops.score(b.state.batch_size, run.query_tokens)
-        run.scored_once = True
         run.exit(run.schedule.decide(layer, run.prob, run.active))
         if run.schedule.budget is not None and not run.done and not self._next_head_fits(run, 0.0):
             run.stop_for_budget()

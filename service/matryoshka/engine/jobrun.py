@@ -88,7 +88,6 @@ class JobRun:
         self.buckets: list[Bucket] = []
         self.pending: dict[int, list[tuple[int, RowState]]] = {}
         self.states: dict[int, RowState] = {}
-        self.scored_once = False
         self.partial = False
         self.error: EngineError | None = None
         self.priority = math.inf  # the ordering key (engine/policy.py); lower runs first
@@ -112,7 +111,7 @@ class JobRun:
         return min(layers, default=0)
 
     @property
-    def arrived_together(self) -> bool:
+    def at_one_layer(self) -> bool:
         """True when every active row is at the frontier (the job can be scored there)."""
         return all(b.layer == self.layer for b in self.buckets)
 
