@@ -84,6 +84,7 @@ def test_get_model_info(default_server: ServerProcess) -> None:
     with RerankClient(default_server.target) as client:
         (info,) = client.model_info()
     assert (info.name, info.num_layers, info.is_default) == ("smollm2-135m", 30, True)
+    assert info.dtype == "float32"  # the tests' servers set MATRYOSHKA_DTYPE=float32
     assert len(info.fingerprint) == 64
 
 
