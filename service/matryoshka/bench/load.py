@@ -51,6 +51,7 @@ class Sample:
     code: str  # "OK" or the status code name
     partial: bool = False
     exit_layer: float = 0.0  # mean over the answered documents
+    scored: int = 0  # documents that reached a head (exit layer > 0; 0 = input order, no score)
 
 
 def workload(data: Path, run_name: str, documents: int) -> list[tuple[str, list[str]]]:
@@ -89,7 +90,8 @@ def drive(
                     result = rc.rerank(query, docs, depth=scenario.depth, budget=budget)
                     took = time.monotonic() - tick
                     layers = [d.exit_layer for d in result.results]
-                    sample = Sample(took, len(docs), "OK", result.partial, sum(layers) / max(len(layers), 1))
+                    mean = sum(layers) / max(len(layers), 1)
+                    sample = Sample(took, len(docs), "OK", result.partial, mean, sum(x > 0 for x in layers))
                 except RerankError as exc:
                     sample = Sample(
                         time.monotonic() - tick, len(docs), getattr(exc.code, "name", str(exc.code))
@@ -126,6 +128,7 @@ def summarise(scenario: Scenario, samples: list[Sample], wall: float) -> dict[st
         "requests": len(samples),
         "answered": len(ok),
         "pairs_per_s": sum(s.pairs for s in ok) / wall if wall > 0 else 0.0,
+        "scored_pairs_per_s": sum(s.scored for s in ok) / wall if wall > 0 else 0.0,
         "p50_s": percentile(latencies, 50),
         "p90_s": percentile(latencies, 90),
         "p99_s": percentile(latencies, 99),

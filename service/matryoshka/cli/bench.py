@@ -56,6 +56,9 @@ def bench_load(
     documents: Annotated[int, typer.Option(help="Candidates per request.")] = 20,
     budget: Annotated[float, typer.Option(help="Per-request budget (s) of the budgeted runs.")] = 2.0,
     seconds: Annotated[float, typer.Option(help="Seconds each scenario issues requests.")] = 20.0,
+    scoring: Annotated[
+        str | None, typer.Option(help="Scoring of the server started here (heads, query_likelihood).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Closed-loop clients at several concurrencies, with and without a budget, plus a mixed run."""
@@ -70,6 +73,7 @@ def bench_load(
             documents=documents,
             budget=budget,
             seconds=seconds,
+            server_env={"MATRYOSHKA_SCORING": scoring} if scoring else None,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -84,7 +88,7 @@ def bench_load(
     for label, f in rows:
         typer.echo(
             f"  {label}{f['clients']} clients x {f['documents']} docs, depth {f['depth']},"
-            f" budget {f['budget_s']}: {f['pairs_per_s']:.2f} pairs/s,"
+            f" budget {f['budget_s']}: {f['pairs_per_s']:.2f} pairs/s ({f['scored_pairs_per_s']:.2f} scored),"
             f" p50 {_s(f['p50_s'])} p90 {_s(f['p90_s'])} p99 {_s(f['p99_s'])},"
             f" within budget {f.get('within_budget')}, partial {f['partial_rate']}, errors {f['errors']}"
         )
