@@ -8,9 +8,9 @@ import torch
 from matryoshka.cache.codec import CodecError, decode_row, encode_row
 from matryoshka.engine.executor import Executor
 from matryoshka.engine.exits import ExitReason
-from matryoshka.engine.job import BudgetExceededError, Job, JobResult, RequestCancelledError
+from matryoshka.engine.job import Job, JobResult, RequestCancelledError
 from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, Plan
-from matryoshka.engine.reranker import Reranker
+from matryoshka.engine.reranker import Reranker, rank
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
 from matryoshka.model.width import WidthTarget
@@ -155,10 +155,16 @@ def test_budget_in_flops_returns_partial_results(llama_model: MatryoshkaModel) -
     assert all(o.exit_layer < llama_model.backbone.num_layers for o in tight.outcomes)
 
 
-def test_expired_deadline_before_the_first_head_is_an_error(llama_model: MatryoshkaModel) -> None:
+def test_a_budget_too_small_for_any_head_answers_in_input_order(llama_model: MatryoshkaModel) -> None:
     plan = Plan(budget=Budget(max_seconds=1e-9)).resolve(llama_model.info)
     (result,) = Executor(llama_model).run([Job(QUERY, PASSAGES, plan)])
-    assert isinstance(result, BudgetExceededError)
+    assert isinstance(result, JobResult)
+    assert result.partial
+    assert [(o.index, o.exit_layer, o.exit_reason) for o in result.outcomes] == [
+        (i, 0, ExitReason.BUDGET) for i in range(len(PASSAGES))
+    ]
+    assert [o.index for o in rank(result.outcomes)] == list(range(len(PASSAGES)))
+    assert result.usage.flops == 0
 
 
 def test_cancellation_stops_at_a_layer_boundary(llama_model: MatryoshkaModel) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.rpc import code_pb2, error_details_pb2
 
-from matryoshka.engine.job import BudgetExceededError, RequestCancelledError
+from matryoshka.engine.job import BudgetExceededError, JobFailedError, RequestCancelledError
 from matryoshka.engine.plan import FieldViolation
 from matryoshka.engine.scheduler import QueueFullError
 from matryoshka.server.errors import (
@@ -45,6 +45,9 @@ def test_full_queue_asks_to_retry_later() -> None:
 def test_engine_and_lifecycle_errors() -> None:
     assert to_status(BudgetExceededError("late")).code == code_pb2.DEADLINE_EXCEEDED
     assert to_status(RequestCancelledError("bye")).code == code_pb2.CANCELLED
+    failed = to_status(JobFailedError("layer 3 failed: RuntimeError: boom"), log_internal=False)
+    assert failed.code == code_pb2.INTERNAL
+    assert "layer 3 failed" in failed.message
     assert to_status(DrainingError()).code == code_pb2.UNAVAILABLE
     assert to_status(NotReadyError()).code == code_pb2.UNAVAILABLE
 

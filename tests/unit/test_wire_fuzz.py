@@ -149,12 +149,15 @@ def send(channel: grpc.Channel, method: str, payload: bytes) -> list[bytes]:
 def check_answer(req: pb.RerankRequest, answer: pb.RerankResponse | pb.StreamRerankResponse) -> None:
     expected = min(req.top_n, len(req.documents)) if req.top_n > 0 else len(req.documents)
     assert len(answer.results) == expected
-    assert all(math.isfinite(r.score) and r.exit_reason for r in answer.results)
+    assert all(r.exit_reason for r in answer.results)
+    # A score is finite, except the logit of a document no head reached (a budget too small for any
+    # head answers in input order: probability 0, logit -inf, exit layer 0).
+    assert all(math.isfinite(r.score) or (r.score == -math.inf and r.exit_layer == 0) for r in answer.results)
     assert answer.request_id == (req.request_id or answer.request_id) != ""
 
 
-# A budget's max_latency below what the first head layer takes fails with DEADLINE_EXCEEDED by design
-# (nothing partial to return), so the servicer fuzz keeps positive latencies generous.
+# Positive latencies stay generous so that most examples reach a head (a budget too small for any head
+# answers in input order, which check_answer also allows).
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(req=requests(min_latency=5.0), streamed=st.booleans())
 def test_servicer_answers_or_names_the_broken_fields(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -40,3 +41,59 @@ def bench_engine(
         )
         for label, c in f["configs"].items():
             typer.echo(f"  {label}: {c['pairs_per_s']:.2f} pairs/s, FLOPs saved {c['flops_saved']:.1%}")
+
+
+@app.command("load")
+def bench_load(
+    target: Annotated[str | None, typer.Option(help="A loopback server (default: start one here).")] = None,
+    data: Annotated[Path, typer.Option(help="BEIR folder with runs/<run>.")] = Path(
+        "../shared/data/trec-dl-2019"
+    ),
+    run_name: Annotated[
+        str, typer.Option("--run", help="TREC run file under DATA/runs.")
+    ] = "bm25.top100.trec",
+    clients: Annotated[str, typer.Option(help="Comma-separated client counts.")] = "1,4,16",
+    documents: Annotated[int, typer.Option(help="Candidates per request.")] = 20,
+    budget: Annotated[float, typer.Option(help="Per-request budget (s) of the budgeted runs.")] = 2.0,
+    seconds: Annotated[float, typer.Option(help="Seconds each scenario issues requests.")] = 20.0,
+    scoring: Annotated[
+        str | None, typer.Option(help="Scoring of the server started here (heads, query_likelihood).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Closed-loop clients at several concurrencies, with and without a budget, plus a mixed run."""
+    from matryoshka.bench.load import run
+
+    try:
+        figures = run(
+            target,
+            data=data,
+            run_name=run_name,
+            clients=tuple(int(c) for c in clients.split(",") if c.strip()),
+            documents=documents,
+            budget=budget,
+            seconds=seconds,
+            server_env={"MATRYOSHKA_SCORING": scoring} if scoring else None,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    typer.echo(f"{figures['model']} ({figures['dtype']}) at {figures['target']} on {figures['data']}")
+    mixed = figures["mixed"]
+    rows = [("", f) for f in figures["scenarios"]] + [
+        (f"{name}: ", mixed[name]) for name in ("short_alone", "short_beside_long", "long")
+    ]
+    for label, f in rows:
+        typer.echo(
+            f"  {label}{f['clients']} clients x {f['documents']} docs, depth {f['depth']},"
+            f" budget {f['budget_s']}: {f['pairs_per_s']:.2f} pairs/s ({f['scored_pairs_per_s']:.2f} scored),"
+            f" p50 {_s(f['p50_s'])} p90 {_s(f['p90_s'])} p99 {_s(f['p99_s'])},"
+            f" within budget {f.get('within_budget')}, partial {f['partial_rate']}, errors {f['errors']}"
+        )
+    typer.echo(f"  short p99 beside long / alone: {mixed['short_p99_ratio']}")
+
+
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}s"

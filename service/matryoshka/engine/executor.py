@@ -1,75 +1,35 @@
-"""The executor: runs the (query, passage) rows of one or more requests layer by layer.
+"""The executor: advances jobs' (query, passage) rows layer by layer, one engine step at a time.
 
-Per layer: run the layer on every bucket (rows of similar length, padded to the bucket's longest),
-merge width where a row's plan says so, score at head layers, let each request's exit schedule
-decide, and remove exited rows so later layers really compute less. Rows resumed from a cached
-state join when the others reach their layer. Exiting rows can hand back their state for caching.
+A step runs one layer on the most urgent frontier buckets (engine/policy.py), merges width where a
+job's plan says so, and when a job's rows have all reached a layer it scores them there (at head
+layers), lets the job's exit schedule decide, and drops exited rows so later layers compute less.
+Jobs join between steps and leave the moment their last row exits, so a step may hold jobs at
+different layers. Before each step every job is checked for cancellation and for whether its next
+head still fits its budget; a job that does not fit answers at once with what it has (BUDGET).
+An exception while running one job's rows fails that job alone.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from matryoshka.engine.cost import FlopCounter, LatencyModel, Usage
-from matryoshka.engine.exits import ExitReason, ExitSchedule
-from matryoshka.engine.job import (
-    BudgetExceededError,
-    EngineError,
-    Job,
-    JobResult,
-    Outcome,
-    RequestCancelledError,
-)
+from matryoshka.engine import policy
+from matryoshka.engine.cost import FlopCounter, LatencyModel
+from matryoshka.engine.job import EngineError, Job, JobFailedError, JobResult, Outcome, RequestCancelledError
+from matryoshka.engine.jobrun import Bucket, JobRun, Limits, StageListener
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import EncodedPair
-from matryoshka.model.state import LayerState, RowState, Segment
-from matryoshka.model.width import apply_merge, plan_merge
+from matryoshka.model.state import LayerState, Segment
+from matryoshka.model.width import WidthTarget, apply_merge, plan_merge
+
+log = logging.getLogger(__name__)
 
 StageCallback = Callable[[int, int, list[Outcome]], None]  # (job index, layer, outcomes so far)
-
-
-@dataclass
-class _Bucket:
-    state: LayerState
-    rows: Tensor  # (batch,) global row ids
-
-
-@dataclass
-class _JobRun:
-    job: Job
-    first: int  # global id of its first row
-    count: int
-    schedule: ExitSchedule
-    query_tokens: int
-    usage: Usage = field(default_factory=Usage)
-    started: float = field(default_factory=time.perf_counter)
-    scored_once: bool = False
-    partial: bool = False
-    error: EngineError | None = None
-    states: dict[int, RowState] = field(default_factory=dict)
-
-    @property
-    def rows(self) -> range:
-        return range(self.first, self.first + self.count)
-
-    def scores_at(self, layer: int, head_layers: tuple[int, ...]) -> bool:
-        """Score at the depth; earlier only at head layers where this job can act on a score: from
-        its first allowed exit on, or everywhere when a budget or deadline may need a partial answer."""
-        depth = self.schedule.depth
-        if layer == depth:
-            return True
-        if layer > depth or layer not in head_layers:
-            return False
-        if self.schedule.budget is not None:  # a budget or a deadline
-            return True
-        plan = self.job.plan
-        policies = [p for p in (plan.confidence, plan.cascade) if p is not None]
-        return bool(policies) and layer >= min(p.min_layer for p in policies)
 
 
 class Executor:
@@ -82,301 +42,200 @@ class Executor:
         max_batch_rows: int = 64,
         max_batch_tokens: int = 16384,
         latency: LatencyModel | None = None,
+        max_step_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.flops = FlopCounter(model.backbone, model.scorer)
         self.max_batch_rows = max_batch_rows
         self.max_batch_tokens = max_batch_tokens
+        self.max_step_tokens = max_step_tokens  # None: every frontier bucket in each step
         self.latency = latency or LatencyModel()
+        self.head_layers = model.scorer.head_layers
+
+    @property
+    def limits(self) -> Limits:
+        """Bucket size: at most `max_batch_rows` rows and the smaller of the batch and step tokens."""
+        tokens = min(self.max_batch_tokens, self.max_step_tokens or self.max_batch_tokens)
+        return Limits(self.max_batch_rows, tokens)
+
+    def encode(self, job: Job) -> list[EncodedPair]:
+        """Tokenise a job's pairs (done once; admission counts these tokens)."""
+        return self.model.encode(job.query, list(job.documents), job.truncation)
 
     def run(
         self, jobs: Sequence[Job], on_stage: StageCallback | None = None
     ) -> list[JobResult | EngineError]:
-        """Run jobs together; each gets a JobResult, or the EngineError that ended it."""
+        """Run jobs to completion together; each gets a JobResult, or the EngineError that ended it."""
         with torch.inference_mode():
-            return _Run(self, jobs, on_stage).execute()
+            runs = [self.start(job, listener=_indexed(on_stage, i)) for i, job in enumerate(jobs)]
+            while not all(r.done for r in runs):
+                if not self.step(runs) and not all(r.done for r in runs):
+                    raise RuntimeError("the engine made no progress on unfinished jobs")
+        return [r.result() for r in runs]
 
+    # -- admission ------------------------------------------------------------------------------
 
-class _Run:
-    """State of one executor call (kept apart so the Executor itself stays reusable)."""
+    def start(
+        self, job: Job, pairs: list[EncodedPair] | None = None, listener: StageListener | None = None
+    ) -> JobRun:
+        """Embed a job's fresh rows (resumed rows wait for their layer); a job that cannot start fails."""
+        try:
+            return self._start(job, self.encode(job) if pairs is None else pairs, listener)
+        except Exception as exc:
+            log.exception("job failed to start")
+            run = JobRun(job, [], 0, listener)
+            run.fail(JobFailedError(f"the job could not start: {type(exc).__name__}: {exc}"))
+            return run
 
-    def __init__(self, ex: Executor, jobs: Sequence[Job], on_stage: StageCallback | None) -> None:
-        self.ex = ex
-        self.model = ex.model
-        self.head_layers = ex.model.scorer.head_layers
-        self.on_stage = on_stage
-        self.runs: list[_JobRun] = []
-        fresh: list[tuple[int, EncodedPair]] = []
-        self.pending: dict[int, list[tuple[int, RowState]]] = {}
-        tokens: list[int] = []
-        job_of: list[int] = []
-        for j, job in enumerate(jobs):
-            if job.plan.depth is None:
-                raise ValueError("jobs need resolved plans (Plan.resolve)")
-            pairs = self.model.encode(job.query, list(job.documents), job.truncation)
-            query_tokens = sum(s == Segment.QUERY for s in pairs[0].segments) if pairs else 0
-            schedule = ExitSchedule(job.plan, job.deadline)
-            run = _JobRun(job, len(tokens), len(pairs), schedule, query_tokens)
-            lengths = torch.tensor([len(p.input_ids) for p in pairs], dtype=torch.long)
-            run.usage.full_flops = ex.flops.full(lengths, query_tokens)
-            for index, pair in enumerate(pairs):
-                row = len(tokens)
-                tokens.append(len(pair.input_ids))
-                job_of.append(j)
-                cached = job.resume.get(index)
-                if cached is None:
-                    fresh.append((row, pair))
-                elif cached.layer > job.plan.depth:
-                    raise ValueError(
-                        f"document {index}: cached state at layer {cached.layer} is past the depth"
-                    )
-                else:
-                    self.pending.setdefault(cached.layer, []).append((row, cached))
-            self.runs.append(run)
-        n = len(tokens)
-        self.tokens = tokens
-        self.job_of = torch.tensor(job_of, dtype=torch.long)
-        self.logit = torch.full((n,), float("nan"), dtype=torch.float64)
-        self.prob = torch.full((n,), float("nan"), dtype=torch.float64)
-        self.exit_layer = torch.zeros(n, dtype=torch.long)
-        self.reason: list[ExitReason | None] = [None] * n
-        self.active = torch.ones(n, dtype=torch.bool)
-        self.buckets = self._embed(fresh)
+    def _start(self, job: Job, pairs: list[EncodedPair], listener: StageListener | None) -> JobRun:
+        depth = job.plan.depth
+        if depth is None:
+            raise ValueError("jobs need resolved plans (Plan.resolve)")
+        query_tokens = sum(s == Segment.QUERY for s in pairs[0].segments) if pairs else 0
+        run = JobRun(job, [len(p.input_ids) for p in pairs], query_tokens, listener)
+        lengths = torch.tensor(run.tokens, dtype=torch.long)
+        run.usage.full_flops = self.flops.full(lengths, query_tokens)
+        fresh: list[int] = []
+        for index in range(len(pairs)):
+            cached = job.resume.get(index)
+            if cached is None:
+                fresh.append(index)
+            elif cached.layer > depth:
+                raise ValueError(f"document {index}: cached state at layer {cached.layer} is past the depth")
+            else:
+                run.pending.setdefault(cached.layer, []).append((index, cached))
+        order = sorted(fresh, key=lambda r: -run.tokens[r])
+        for chunk in self.limits.chunks(order, lambda r: run.tokens[r]):
+            state = self.model.embed([pairs[r] for r in chunk])
+            run.buckets.append(Bucket(state, torch.tensor(chunk, dtype=torch.long)))
+        own = self.flops.layer(lengths) * depth
+        run.priority = policy.priority(run, self.latency.predict(own))
+        self._arrive(run)
+        return run
 
-    # -- batching -------------------------------------------------------------------------------
+    # -- one step -------------------------------------------------------------------------------
 
-    def _chunks(self, order: list[int], length_of: Callable[[int], int]) -> list[list[int]]:
-        chunks: list[list[int]] = []
-        for row in order:
-            if chunks:
-                last = chunks[-1]
-                width = max(length_of(last[0]), length_of(row))
-                if len(last) < self.ex.max_batch_rows and width * (len(last) + 1) <= self.ex.max_batch_tokens:
-                    last.append(row)
-                    continue
-            chunks.append([row])
-        return chunks
-
-    def _embed(self, fresh: list[tuple[int, EncodedPair]]) -> list[_Bucket]:
-        by_row = dict(fresh)
-        order = sorted(by_row, key=lambda r: -len(by_row[r].input_ids))
-        buckets = []
-        for chunk in self._chunks(order, lambda r: len(by_row[r].input_ids)):
-            state = self.model.embed([by_row[r] for r in chunk])
-            buckets.append(_Bucket(state, torch.tensor(chunk, dtype=torch.long)))
-        return buckets
-
-    def _join(self, layer: int) -> None:
-        arrivals = self.pending.pop(layer, [])
-        rows = [(r, s) for r, s in arrivals if self.active[r]]
-        if not rows:
-            return
-        rows.sort(key=lambda rs: -rs[1].length)
-        lookup = dict(rows)
-        device = self.model.backbone.device
-        dtype = self.model.backbone.dtype
-        for chunk in self._chunks([r for r, _ in rows], lambda r: lookup[r].length):
-            states = [lookup[r] for r in chunk]
-            moved = [
-                RowState(
-                    s.hidden.to(device, dtype),
-                    s.segments.to(device),
-                    s.token_ids.to(device),
-                    s.layer,
-                    s.compression,
-                )
-                for s in states
-            ]
-            self.buckets.append(_Bucket(LayerState.from_rows(moved), torch.tensor(chunk, dtype=torch.long)))
-
-    def _compact(self) -> None:
-        kept: list[_Bucket] = []
-        for b in self.buckets:
-            keep = self.active[b.rows]
-            if bool(keep.all()):
-                kept.append(b)
-            elif bool(keep.any()):
-                idx = keep.nonzero().flatten()
-                kept.append(_Bucket(b.state.select(idx.to(b.state.hidden.device)), b.rows[idx]))
-        merged: list[_Bucket] = []
-        for b in sorted(kept, key=lambda b: -b.state.hidden.shape[1]):
-            if merged:
-                last = merged[-1]
-                rows = last.state.batch_size + b.state.batch_size
-                width = max(last.state.hidden.shape[1], b.state.hidden.shape[1])
-                if rows <= self.ex.max_batch_rows and rows * width <= self.ex.max_batch_tokens:
-                    merged[-1] = _Bucket(
-                        LayerState.concat([last.state, b.state]), torch.cat([last.rows, b.rows])
-                    )
-                    continue
-            merged.append(b)
-        self.buckets = merged
-
-    # -- the layer loop -------------------------------------------------------------------------
-
-    def execute(self) -> list[JobResult | EngineError]:
-        max_depth = max((r.schedule.depth for r in self.runs if r.count), default=0)
-        for layer in range(0, max_depth + 1):
-            if layer > 0:
-                self._check_interrupts(layer)
-                self._run_layer(layer)
-            self._join(layer)
-            if any(r.scores_at(layer, self.head_layers) for r in self.runs):
-                self._score_and_exit(layer)
-            self._compact()
-            if not self.buckets and not any(k > layer for k in self.pending):
-                break
-        return [self._result(r) for r in self.runs]
-
-    def _check_interrupts(self, layer: int) -> None:
-        for run in self.runs:
-            if run.error is not None or not bool(self.active[run.first : run.first + run.count].any()):
+    def step(self, runs: Sequence[JobRun]) -> int:
+        """Check interrupts and budgets, then run one layer on the chosen buckets; returns how many."""
+        live = [r for r in runs if not r.done]
+        for run in live:
+            self._check_cancelled(run)
+        chosen = policy.select(live, self.max_step_tokens)
+        step_flops = sum(self.flops.layer(b.state.lengths.cpu()) for _, b in chosen)
+        in_step = {id(r) for r, _ in chosen}
+        for run in live:
+            if run.done or run.schedule.budget is None:
                 continue
-            if run.job.cancelled is not None and run.job.cancelled():
-                self._fail(run, RequestCancelledError(f"cancelled before layer {layer}"))
-            elif run.schedule.budget is not None and not run.scored_once and run.schedule.budget.expired():
-                first = min((h for h in self.head_layers if run.scores_at(h, self.head_layers)), default=0)
-                self._fail(
-                    run, BudgetExceededError(f"the budget ran out before the first head layer ({first})")
-                )
+            wait = 0.0 if id(run) in in_step else self.latency.predict(step_flops)  # it sits this one out
+            if not self._next_head_fits(run, step_flops, wait):
+                run.stop_for_budget()
+        chosen = [(r, b) for r, b in chosen if not r.done]
+        tick = time.monotonic()
+        stepped: dict[int, JobRun] = {}
+        for run, bucket in chosen:
+            if run.done:
+                continue
+            stepped[id(run)] = run
+            if run.first_step is None:
+                run.first_step = tick
+            try:
+                self._advance(run, bucket)
+            except Exception as exc:
+                log.exception("a job's rows failed at layer %d", bucket.layer + 1)
+                run.fail(JobFailedError(f"layer {bucket.layer + 1} failed: {type(exc).__name__}: {exc}"))
+        for run in stepped.values():
+            if not run.done and run.at_one_layer:
+                self._arrive(run)
+        took = time.monotonic() - tick
+        for run in stepped.values():
+            run.compute_seconds += took
+        return len(chosen)
 
-    def _fail(self, run: _JobRun, error: EngineError) -> None:
-        run.error = error
-        self.active[run.first : run.first + run.count] = False
-        self._compact()
+    def _check_cancelled(self, run: JobRun) -> None:
+        try:
+            cancelled = run.job.cancelled is not None and run.job.cancelled()
+        except Exception as exc:
+            run.fail(JobFailedError(f"the cancellation check raised {type(exc).__name__}: {exc}"))
+            return
+        if cancelled:
+            run.fail(RequestCancelledError(f"cancelled before layer {run.layer + 1}"))
 
-    def _run_layer(self, layer: int) -> None:
+    def _next_head_fits(self, run: JobRun, step_flops: float, wait: float = 0.0) -> bool:
+        """Whether this job can reach its next scored layer within its budget, after `wait` seconds,
+        at the pace of steps as large as this one (the batch it runs in)."""
+        guard = run.schedule.budget
+        assert guard is not None
+        depth = run.schedule.depth
+        target = next((h for h in self.head_layers if run.layer < h < depth), depth)
+        steps = target - run.layer
+        own = run.layer_flops(self.flops.layer_rows)
+        seconds = wait + steps * self.latency.predict(max(own, step_flops))
+        flops = steps * own + self.flops.score(int(run.active.sum()), run.query_tokens)
+        return not guard.would_overrun(seconds, flops, run.usage.flops)
+
+    def _advance(self, run: JobRun, bucket: Bucket) -> None:
+        """Run one layer on one bucket (merging width after it if the job's plan says so)."""
+        layer = bucket.layer + 1
         backbone = self.model.backbone
         tick = time.perf_counter()
-        padded_flops = 0.0
-        for i, b in enumerate(self.buckets):
-            targets = [self.runs[int(self.job_of[r])].job.plan.width.get(layer) for r in b.rows.tolist()]
-            merging = any(t is not None for t in targets)
-            attention = backbone.anchor_attention(layer, b.state) if merging else None
-            lengths = b.state.lengths.cpu()
-            row_flops = self.ex.flops.layer_rows(lengths)
-            padded_flops += self.ex.flops.layer(torch.full_like(lengths, b.state.hidden.shape[1]))
-            state = backbone.forward_layer(layer, b.state)
-            if attention is not None:
-                merge_rows = torch.tensor([t is not None for t in targets])
-                row_flops += self.ex.flops.merge_rows(lengths) * merge_rows
-                state = self._merge(state, attention, targets)
-            self.buckets[i] = _Bucket(state, b.rows)
-            self._charge(b.rows, lengths, row_flops)
-        self.ex.latency.observe(padded_flops, time.perf_counter() - tick)
+        target = run.job.plan.width.get(layer)
+        attention = backbone.anchor_attention(layer, bucket.state) if target is not None else None
+        lengths = bucket.state.lengths.cpu()
+        flops = self.flops.layer(lengths)
+        state = backbone.forward_layer(layer, bucket.state)
+        if attention is not None and target is not None:
+            flops += float(self.flops.merge_rows(lengths).sum())
+            state = _merge(state, attention, target)
+        index = next(i for i, b in enumerate(run.buckets) if b is bucket)
+        run.buckets[index] = Bucket(state, bucket.rows)
+        run.usage.layer_tokens += int(lengths.sum())
+        run.usage.flops += flops
+        padded = self.flops.layer(torch.full_like(lengths, bucket.state.hidden.shape[1]))
+        self.latency.observe(padded, time.perf_counter() - tick)
 
-    @staticmethod
-    def _merge(state: LayerState, attention: Tensor, targets: list) -> LayerState:  # type: ignore[type-arg]
-        passage = (state.segments == Segment.PASSAGE).sum(dim=1)
-        wanted = passage.clone()
-        for target in {t for t in targets if t is not None}:
-            rows = torch.tensor([t == target for t in targets], device=passage.device)
-            wanted = torch.where(rows, target.passage_targets(state), wanted)
-        merge = plan_merge(state, attention, wanted)
-        if bool((merge.new_lengths == state.lengths).all()):
-            return state
-        return apply_merge(state, merge)
+    # -- arriving at a layer --------------------------------------------------------------------
 
-    def _charge(self, rows: Tensor, lengths: Tensor, row_flops: Tensor) -> None:
-        jobs = self.job_of[rows]
-        for j in jobs.unique().tolist():
-            sel = jobs == j
-            usage = self.runs[j].usage
-            usage.layer_tokens += int(lengths[sel].sum())
-            usage.flops += float(row_flops[sel].sum())
+    def _arrive(self, run: JobRun) -> None:
+        """All the job's rows are at one layer: resumed rows join, score if due, exits leave."""
+        try:
+            scored = -1
+            while not run.done:
+                layer = run.layer
+                if layer in run.pending:
+                    run.join(layer, self.limits, self.model.backbone.device, self.model.backbone.dtype)
+                if layer != scored and run.scores_at(layer, self.head_layers):
+                    scored = layer
+                    self._score_and_decide(run, layer)
+                run.compact(self.limits)
+                if run.buckets or not run.pending:
+                    return
+        except Exception as exc:
+            log.exception("scoring a job failed")
+            run.fail(JobFailedError(f"scoring failed: {type(exc).__name__}: {exc}"))
 
-    def _score_and_exit(self, layer: int) -> None:
+    def _score_and_decide(self, run: JobRun, layer: int) -> None:
         scorer = self.model.scorer
-        scored_jobs: set[int] = set()
-        for b in self.buckets:
-            jobs = self.job_of[b.rows]
-            wants = torch.tensor([self.runs[j].scores_at(layer, self.head_layers) for j in jobs.tolist()])
-            if not bool(wants.any()):
-                continue
-            state = b.state if bool(wants.all()) else b.state.select(wants.nonzero().flatten())
-            logits = scorer.logits(state)
-            probs = scorer.calibration.probability(layer, logits)
-            rows = b.rows[wants]
-            self.logit[rows] = logits.double().cpu()
-            self.prob[rows] = probs.double().cpu()
-            self.exit_layer[rows] = layer
-            for j in jobs[wants].unique().tolist():
-                run = self.runs[j]
-                run.usage.flops += self.ex.flops.score(int((jobs[wants] == j).sum()), run.query_tokens)
-                scored_jobs.add(j)
-        for j in sorted(scored_jobs):
-            self._decide(self.runs[j], layer)
-        if self.on_stage is not None:
-            for j in sorted(scored_jobs):
-                self.on_stage(j, layer, self._outcomes(self.runs[j]))
+        for b in run.buckets:
+            logits = scorer.logits(b.state)
+            run.logit[b.rows] = logits.double().cpu()
+            run.prob[b.rows] = scorer.calibration.probability(layer, logits).double().cpu()
+            run.exit_layer[b.rows] = layer
+            run.usage.flops += self.flops.score(b.state.batch_size, run.query_tokens)
+        run.exit(run.schedule.decide(layer, run.prob, run.active))
+        if run.schedule.budget is not None and not run.done and not self._next_head_fits(run, 0.0):
+            run.stop_for_budget()
+        if run.listener is not None:
+            run.listener(layer, run.outcomes())
 
-    def _decide(self, run: _JobRun, layer: int) -> None:
-        run.scored_once = True
-        rows = torch.arange(run.first, run.first + run.count)
-        active = self.active[rows]
-        decisions = run.schedule.decide(layer, self.prob[rows], active)
-        still = active.clone()
-        for i in decisions:
-            still[i] = False
-        guard = run.schedule.budget
-        if guard is not None and bool(still.any()):
-            next_flops, next_all = self._next_step_flops(run, layer, rows[still])
-            if guard.would_overrun(self.ex.latency.predict(next_all), next_flops, run.usage.flops):
-                for i in still.nonzero().flatten().tolist():
-                    decisions[i] = ExitReason.BUDGET
-                run.partial = True
-        for i, reason in decisions.items():
-            row = run.first + i
-            self.reason[row] = reason
-            self.active[row] = False
-            if run.job.keep_states:
-                run.states[i] = self._row_state(row)
 
-    def _next_step_flops(self, run: _JobRun, layer: int, rows: Tensor) -> tuple[float, float]:
-        """FLOPs to bring `rows` (this job) and all active rows (the batch) to the job's next head."""
-        upcoming = [h for h in self.head_layers if layer < h <= run.schedule.depth]
-        steps = (upcoming[0] if upcoming else run.schedule.depth) - layer
-        mine = 0.0
-        everyone = 0.0
-        own = set(rows.tolist())
-        for b in self.buckets:
-            lengths = b.state.lengths.cpu()
-            per_row = self.ex.flops.layer_rows(lengths) * steps
-            everyone += float(per_row[self.active[b.rows]].sum())
-            sel = torch.tensor([r in own for r in b.rows.tolist()])
-            mine += float(per_row[sel].sum())
-        mine += self.ex.flops.score(len(own), run.query_tokens)
-        return mine, everyone
+def _merge(state: LayerState, attention: Tensor, target: WidthTarget) -> LayerState:
+    merge = plan_merge(state, attention, target.passage_targets(state))
+    if bool((merge.new_lengths == state.lengths).all()):
+        return state
+    return apply_merge(state, merge)
 
-    def _row_state(self, row: int) -> RowState:
-        for b in self.buckets:
-            hit = (b.rows == row).nonzero().flatten()
-            if hit.numel():
-                return b.state.row(int(hit[0]))
-        raise KeyError(row)
 
-    # -- results --------------------------------------------------------------------------------
-
-    def _outcomes(self, run: _JobRun) -> list[Outcome]:
-        return [
-            Outcome(
-                index=i,
-                logit=float(self.logit[row]),
-                probability=float(self.prob[row]),
-                exit_layer=int(self.exit_layer[row]),
-                exit_reason=self.reason[row],
-                tokens=self.tokens[row],
-            )
-            for i, row in enumerate(run.rows)
-        ]
-
-    def _result(self, run: _JobRun) -> JobResult | EngineError:
-        if run.error is not None:
-            return run.error
-        return JobResult(
-            outcomes=self._outcomes(run),
-            usage=run.usage,
-            partial=run.partial,
-            states=run.states,
-            compute_seconds=time.perf_counter() - run.started,
-        )
+def _indexed(on_stage: StageCallback | None, index: int) -> StageListener | None:
+    if on_stage is None:
+        return None
+    return lambda layer, outcomes: on_stage(index, layer, outcomes)

@@ -126,7 +126,7 @@ class BudgetGuard:
 class ExitSchedule:
     """The ordered policies of one request's plan, with their per-request state."""
 
-    def __init__(self, plan: Plan, deadline: float | None = None) -> None:
+    def __init__(self, plan: Plan, deadline: float | None = None, started: float | None = None) -> None:
         assert plan.depth is not None, "resolve the plan first"
         self.depth = plan.depth
         self.policies: list[FixedDepth | ConfidencePolicy | TopNCascade] = [FixedDepth(plan.depth)]
@@ -137,7 +137,8 @@ class ExitSchedule:
         self.budget: BudgetGuard | None = None
         if plan.budget is not None or deadline is not None:
             hard = deadline if deadline is not None else math.inf
-            self.budget = BudgetGuard(plan.budget or Budget(), hard_deadline=hard)
+            since = started if started is not None else time.monotonic()  # the budget counts from arrival
+            self.budget = BudgetGuard(plan.budget or Budget(), started=since, hard_deadline=hard)
 
     def decide(self, layer: int, probs: Tensor, active: Tensor) -> Decisions:
         """Decisions of all policies at `layer`; the first policy to claim a candidate names the reason."""

@@ -3,6 +3,7 @@ each document's Outcome, the JobResult, and the errors a job can end in."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,11 +19,15 @@ class EngineError(Exception):
 
 
 class BudgetExceededError(EngineError):
-    """The budget ran out before the first head layer, so there is no partial answer to give."""
+    """The caller's deadline had already passed when the job arrived: there is no time to answer in."""
 
 
 class RequestCancelledError(EngineError):
     """The caller cancelled; the request stopped at a layer boundary."""
+
+
+class JobFailedError(EngineError):
+    """Running this job's own rows raised; the job failed alone (its neighbours carried on)."""
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Job:
     keep_states: bool = False  # hand back each row's state at its exit layer
     cancelled: Callable[[], bool] | None = None
     deadline: float | None = None  # absolute time.monotonic() the answer is due by (a gRPC deadline)
+    arrived: float = field(default_factory=time.monotonic)  # when the request came in (budgets count from it)
 
 
 @dataclass
@@ -59,4 +65,5 @@ class JobResult:
     usage: Usage
     partial: bool  # some documents stopped for the budget
     states: dict[int, RowState]
-    compute_seconds: float
+    compute_seconds: float  # wall time of the engine steps that ran this job's rows
+    queue_seconds: float = 0.0  # from arrival until its first layer ran

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 
 from matryoshka.engine.cost import LatencyModel, Usage
+from matryoshka.engine.dtype import DTYPES, DtypeChoice, choose_dtype
 from matryoshka.engine.executor import Executor
 from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
@@ -23,7 +24,6 @@ from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo, Scorin
 from matryoshka.model.prompt import Truncation
 
 ScoreType = Literal["probability", "logit"]
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class Reranker:
 
     def __init__(self, model: MatryoshkaModel, *, max_batch_rows: int = 64, max_batch_tokens: int = 16384):
         self.model = model
+        name = "bfloat16" if model.backbone.dtype == torch.bfloat16 else "float32"
+        self.dtype: DtypeChoice = DtypeChoice(name, "as loaded")
         self.executor = Executor(
             model, max_batch_rows=max_batch_rows, max_batch_tokens=max_batch_tokens, latency=LatencyModel()
         )
@@ -85,16 +87,28 @@ class Reranker:
         threads: int | None = None,
         artifact: str | Path | None = None,
     ) -> Reranker:
-        """Load a packaged backbone offline with its trained artifact.
+        """Load a packaged backbone offline with its trained artifact; `dtype="auto"` probes the CPU.
 
         `artifact` names an artifact directory; without one, the artifact shipped for `name` is used
         when there is one and no `scoring` is asked for. Otherwise decoders score zero-shot by query
         likelihood and encoders by (untrained) heads; `scoring="heads"` gives untrained heads.
         """
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if threads is not None:
             torch.set_num_threads(threads)
+        choice = choose_dtype(dtype)
+        reranker = cls._load(name, DTYPES[choice.name], scoring, head_layers, artifact)
+        reranker.dtype = choice
+        return reranker
+
+    @classmethod
+    def _load(
+        cls,
+        name: str,
+        dtype: torch.dtype,
+        scoring: Scoring | None,
+        head_layers: Sequence[int] | None,
+        artifact: str | Path | None,
+    ) -> Reranker:
         if artifact is None and scoring is None:
             artifact = shipped_artifact(name)
         if artifact is not None:
@@ -104,8 +118,8 @@ class Reranker:
                 raise ValueError(f"{path} was trained on {manifest['backbone']['name']}, not {name}")
             if scoring is not None and scoring != manifest["scoring"]:
                 raise ValueError(f"{path} scores by {manifest['scoring']}, not {scoring}")
-            return cls(load_artifact(path, dtype=DTYPES[dtype]))
-        loaded = load_backbone(name, DTYPES[dtype])
+            return cls(load_artifact(path, dtype=dtype))
+        loaded = load_backbone(name, dtype)
         if scoring is None:
             scoring = "query_likelihood" if BACKBONES[name].family == "decoder" else "heads"
         return cls(MatryoshkaModel.from_backbone(loaded, scoring=scoring, head_layers=head_layers))

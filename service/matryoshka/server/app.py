@@ -94,9 +94,11 @@ async def start(settings: Settings, reranker: Reranker | None = None) -> Running
     await asyncio.to_thread(engine.warmup)
     engine.executor.max_batch_rows = settings.max_batch_rows
     engine.executor.max_batch_tokens = settings.max_batch_tokens
+    engine.executor.max_step_tokens = settings.max_step_tokens
     scheduler = Scheduler(
         engine.executor,
         max_queue=settings.max_queue,
+        max_inflight_tokens=settings.max_inflight_tokens,
         retry_after=settings.retry_after_seconds,
         on_batch=metrics.observe_batch,
     )
@@ -108,7 +110,10 @@ async def start(settings: Settings, reranker: Reranker | None = None) -> Running
     )
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s on %s:%d", engine.info.name, settings.host, port)
+    choice = engine.dtype
+    log.info(
+        "serving %s in %s (%s) on %s:%d", engine.info.name, choice.name, choice.reason, settings.host, port
+    )
     return Running(server, port, health_servicer, servicer, scheduler, metrics_port)
 
 

@@ -14,8 +14,8 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from matryoshka.engine.job import BudgetExceededError, RequestCancelledError
-from matryoshka.engine.scheduler import QueueFullError
+from matryoshka.engine.admission import QueueFullError
+from matryoshka.engine.job import BudgetExceededError, JobFailedError, RequestCancelledError
 from matryoshka.server.translate import InvalidRequest, NonFiniteScoreError, UnknownModelError, to_duration
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,10 @@ def to_status(exc: BaseException, *, log_internal: bool = True) -> status_pb2.St
         return _status(code_pb2.DEADLINE_EXCEEDED, str(exc))
     if isinstance(exc, RequestCancelledError):
         return _status(code_pb2.CANCELLED, str(exc))
+    if isinstance(exc, JobFailedError):  # this request's own rows failed; other requests ran on
+        if log_internal:
+            log.error("request failed in the engine: %s", exc)
+        return _status(code_pb2.INTERNAL, f"the engine failed on this request: {exc}")
     if isinstance(exc, DrainingError):
         return _status(code_pb2.UNAVAILABLE, "the server is draining; retry on another replica")
     if isinstance(exc, NotReadyError):

@@ -36,16 +36,16 @@ class Metrics:
         self.queue_size = Gauge("matryoshka_queue_size", "Requests waiting or running", registry=r)
         self.queue_wait = Histogram(
             "matryoshka_queue_wait_seconds",
-            "Time a request waited for its batch to start",
+            "Time a request waited for its first engine step",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
         self.batch_requests = Histogram(
-            "matryoshka_batch_requests", "Requests per engine batch", buckets=(1, 2, 4, 8, 16, 32), registry=r
+            "matryoshka_batch_requests", "Requests per engine step", buckets=(1, 2, 4, 8, 16, 32), registry=r
         )
         self.batch_documents = Histogram(
             "matryoshka_batch_documents",
-            "Documents per engine batch",
+            "Documents per engine step",
             buckets=(1, 4, 16, 64, 256, 1024, 4096),
             registry=r,
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from matryoshka.engine.job import Job, JobResult, Outcome
+from matryoshka.engine.job import BudgetExceededError, Job, JobResult, Outcome
 from matryoshka.engine.reranker import Reranker
 from matryoshka.engine.scheduler import Scheduler
 from matryoshka.model.matryoshka_model import ModelInfo
@@ -42,6 +42,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
     def attach(self, reranker: Reranker, scheduler: Scheduler) -> None:
         """Start answering with a loaded, warm model (until then calls get UNAVAILABLE)."""
         self._engine = (reranker, scheduler)
+        self.metrics.queue_size.set_function(lambda: scheduler.num_unfinished)
 
     @property
     def scheduler(self) -> Scheduler:
@@ -68,9 +69,10 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         self, request: pb.RerankRequest, context: grpc.aio.ServicerContext
     ) -> pb.RerankResponse:
         start = time.perf_counter()
+        arrived = time.monotonic()
         try:
             call = self._accept(request)
-            result, waited = await self._run(call, context, None)
+            result, waited = await self._run(call, context, None, arrived)
             response = pb.RerankResponse(**self._answer(call, result, waited, start))
         except asyncio.CancelledError:
             self._count("Rerank", grpc.StatusCode.CANCELLED, start)
@@ -85,6 +87,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         self, request: pb.StreamRerankRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamRerankResponse]:
         start = time.perf_counter()
+        arrived = time.monotonic()
         try:
             call = self._accept(request.request)
             loop = asyncio.get_running_loop()
@@ -93,7 +96,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             def on_stage(layer: int, outcomes: list[Outcome]) -> None:
                 loop.call_soon_threadsafe(stages.put_nowait, (layer, outcomes))
 
-            task = asyncio.ensure_future(self._run(call, context, on_stage))
+            task = asyncio.ensure_future(self._run(call, context, on_stage, arrived))
             try:
                 while not task.done() or not stages.empty():
                     getter = asyncio.ensure_future(stages.get())
@@ -132,7 +135,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         if request.model and request.model not in self.models:
             self._count("GetModelInfo", grpc.StatusCode.NOT_FOUND, start)
             await abort(context, UnknownModelError(request.model, sorted(self.models)))
-        model = to_model_info(self.info, self.settings)
+        model = to_model_info(self.info, self.settings, self._engine[0].dtype.name)
         self._count("GetModelInfo", grpc.StatusCode.OK, start)
         return pb.GetModelInfoResponse(models=[model])
 
@@ -150,13 +153,18 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         call: RerankCall,
         context: grpc.aio.ServicerContext,
         on_stage: Callable[[int, list[Outcome]], None] | None,
+        arrived: float,
     ) -> tuple[JobResult, float]:
-        """Run on the engine thread; the gRPC deadline becomes the job's deadline, cancellation stops it."""
+        """Run on the engine thread; the gRPC deadline becomes the job's deadline (one already passed
+        is DEADLINE_EXCEEDED), the budget counts from `arrived`, cancellation stops the job."""
         cancel = threading.Event()
         remaining = context.time_remaining()
         deadline = None
         if remaining is not None and math.isfinite(remaining):
-            deadline = time.monotonic() + max(remaining - self.settings.deadline_margin_seconds, 0.0)
+            left = remaining - self.settings.deadline_margin_seconds
+            if left <= 0:
+                raise BudgetExceededError("the gRPC deadline leaves no time to run the request")
+            deadline = time.monotonic() + left
         job = Job(
             call.query,
             call.documents,
@@ -164,19 +172,15 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             call.truncation,
             cancelled=cancel.is_set,
             deadline=deadline,
+            arrived=arrived,
         )
-        submitted = time.perf_counter()
         future = self.scheduler.submit(job, on_stage)
-        self.metrics.queue_size.set(self.scheduler.num_unfinished)
         try:
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            cancel.set()  # the engine stops this job at its next layer boundary
+            cancel.set()  # the engine stops this job before its next step
             raise
-        finally:
-            self.metrics.queue_size.set(self.scheduler.num_unfinished)
-        waited = max(time.perf_counter() - submitted - result.compute_seconds, 0.0)
-        return result, waited
+        return result, result.queue_seconds
 
     def _answer(self, call: RerankCall, result: JobResult, waited: float, start: float) -> dict[str, Any]:
         for o in result.outcomes:

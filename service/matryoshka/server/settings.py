@@ -20,7 +20,9 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, description="Prometheus /metrics port; off if unset"
     )
     model: str = Field("smollm2-135m", description="Backbone served as the default model")
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="auto: bf16 only where a start-up matmul probe finds it faster than fp32"
+    )
     scoring: Literal["heads", "query_likelihood"] | None = Field(None, description="default: by model family")
     artifact: str | None = Field(None, description="Trained artifact directory (default: the one shipped)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
@@ -47,6 +49,12 @@ class Settings(BaseSettings):
     reflection: bool | None = Field(None, description="Serve gRPC reflection (default: only without auth)")
     metrics_host: str = Field("127.0.0.1", description="Address the /metrics endpoint binds")
     access_log: bool = Field(True, description="One structured log line per RPC (logger matryoshka.access)")
+    max_step_tokens: int = Field(
+        2048, ge=64, description="Padded tokens one engine step advances (bounds a new request's wait)"
+    )
+    max_inflight_tokens: int = Field(
+        262144, ge=1024, description="Input tokens admitted at once (bounds layer-state memory)"
+    )
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Self:

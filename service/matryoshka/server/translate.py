@@ -292,8 +292,8 @@ def to_answer(
     }
 
 
-def to_model_info(info: ModelInfo, settings: Settings) -> pb.ModelInfo:
-    """A served model as GetModelInfo describes it: shape, exit layers, scoring and the server's limits."""
+def to_model_info(info: ModelInfo, settings: Settings, dtype: str = "") -> pb.ModelInfo:
+    """A served model as GetModelInfo describes it: shape, exit layers, scoring, dtype and the limits."""
     s = settings
     return pb.ModelInfo(
         name=info.name,
@@ -317,4 +317,5 @@ def to_model_info(info: ModelInfo, settings: Settings) -> pb.ModelInfo:
         fingerprint=info.fingerprint,
         template_version=info.template_version,
         is_default=True,
+        dtype=dtype,
     )

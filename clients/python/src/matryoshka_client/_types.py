@@ -205,3 +205,4 @@ class ModelInfo:
     fingerprint: str
     template_version: str
     is_default: bool
+    dtype: str = ""  # "float32" or "bfloat16" ("" if the server does not say)

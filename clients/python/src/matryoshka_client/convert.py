@@ -281,4 +281,5 @@ def to_model_info(m: pb.ModelInfo) -> ModelInfo:
         fingerprint=m.fingerprint,
         template_version=m.template_version,
         is_default=m.is_default,
+        dtype=m.dtype,
     )

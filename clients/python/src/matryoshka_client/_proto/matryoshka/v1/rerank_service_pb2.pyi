@@ -488,11 +488,13 @@ Global___CascadeExit: _TypeAlias = CascadeExit  # noqa: Y015
 
 @_typing.final
 class Budget(_message.Message):
-    """Upper bounds on one request. Set at least one. After each head layer the server predicts what reaching
-    the next one costs; if that would break a bound, the run stops there and every remaining candidate
-    keeps its latest score with exit_reason BUDGET (response.partial = true). Unlike the gRPC deadline, which
-    fails the call, a budget returns results once the first head layer is scored; only if `max_latency` runs
-    out before that is there nothing to return, and the call fails with DEADLINE_EXCEEDED.
+    """Upper bounds on one request. Set at least one. Before every layer step the server predicts what reaching
+    the request's next head layer costs, given the other requests it runs beside; if that would break a
+    bound, the run stops at once and every remaining candidate keeps its latest score with exit_reason
+    BUDGET (response.partial = true). A budget too small to reach any head answers with the documents in
+    their input order (score 0, exit_layer 0, partial); it never fails the call. Only a gRPC deadline that
+    has already passed when the request arrives is DEADLINE_EXCEEDED (a gRPC deadline otherwise acts as a
+    max_latency).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -878,6 +880,7 @@ class ModelInfo(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     TEMPLATE_VERSION_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The name to pass as RerankRequest.model."""
     family: Global___ModelFamily.ValueType
@@ -898,6 +901,10 @@ class ModelInfo(_message.Message):
     """Version of the prompt template pairs are laid out with."""
     is_default: _builtins.bool
     """True for the model used when RerankRequest.model is empty."""
+    dtype: _builtins.str
+    """Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+    "auto" it is chosen at start-up by which is faster on this machine.
+    """
     @_builtins.property
     def head_layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Layers with a scoring head, ascending: the layers where candidates can be scored and exit, and the
@@ -934,10 +941,11 @@ class ModelInfo(_message.Message):
         fingerprint: _builtins.str = ...,
         template_version: _builtins.str = ...,
         is_default: _builtins.bool = ...,
+        dtype: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_truncation", b"default_truncation", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration_version", b"calibration_version", "default_truncation", b"default_truncation", "family", b"family", "fingerprint", b"fingerprint", "head_layers", b"head_layers", "hidden_size", b"hidden_size", "is_default", b"is_default", "limits", b"limits", "merge_ratios", b"merge_ratios", "name", b"name", "num_layers", b"num_layers", "scoring", b"scoring", "template_version", b"template_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration_version", b"calibration_version", "default_truncation", b"default_truncation", "dtype", b"dtype", "family", b"family", "fingerprint", b"fingerprint", "head_layers", b"head_layers", "hidden_size", b"hidden_size", "is_default", b"is_default", "limits", b"limits", "merge_ratios", b"merge_ratios", "name", b"name", "num_layers", b"num_layers", "scoring", b"scoring", "template_version", b"template_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

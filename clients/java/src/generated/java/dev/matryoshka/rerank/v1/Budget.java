@@ -5,11 +5,13 @@ package dev.matryoshka.rerank.v1;
 
 /**
  * <pre>
- * Upper bounds on one request. Set at least one. After each head layer the server predicts what reaching
- * the next one costs; if that would break a bound, the run stops there and every remaining candidate
- * keeps its latest score with exit_reason BUDGET (response.partial = true). Unlike the gRPC deadline, which
- * fails the call, a budget returns results once the first head layer is scored; only if `max_latency` runs
- * out before that is there nothing to return, and the call fails with DEADLINE_EXCEEDED.
+ * Upper bounds on one request. Set at least one. Before every layer step the server predicts what reaching
+ * the request's next head layer costs, given the other requests it runs beside; if that would break a
+ * bound, the run stops at once and every remaining candidate keeps its latest score with exit_reason
+ * BUDGET (response.partial = true). A budget too small to reach any head answers with the documents in
+ * their input order (score 0, exit_layer 0, partial); it never fails the call. Only a gRPC deadline that
+ * has already passed when the request arrives is DEADLINE_EXCEEDED (a gRPC deadline otherwise acts as a
+ * max_latency).
  * </pre>
  *
  * Protobuf type {@code matryoshka.v1.Budget}
@@ -302,11 +304,13 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * Upper bounds on one request. Set at least one. After each head layer the server predicts what reaching
-   * the next one costs; if that would break a bound, the run stops there and every remaining candidate
-   * keeps its latest score with exit_reason BUDGET (response.partial = true). Unlike the gRPC deadline, which
-   * fails the call, a budget returns results once the first head layer is scored; only if `max_latency` runs
-   * out before that is there nothing to return, and the call fails with DEADLINE_EXCEEDED.
+   * Upper bounds on one request. Set at least one. Before every layer step the server predicts what reaching
+   * the request's next head layer costs, given the other requests it runs beside; if that would break a
+   * bound, the run stops at once and every remaining candidate keeps its latest score with exit_reason
+   * BUDGET (response.partial = true). A budget too small to reach any head answers with the documents in
+   * their input order (score 0, exit_layer 0, partial); it never fails the call. Only a gRPC deadline that
+   * has already passed when the request arrives is DEADLINE_EXCEEDED (a gRPC deadline otherwise acts as a
+   * max_latency).
    * </pre>
    *
    * Protobuf type {@code matryoshka.v1.Budget}

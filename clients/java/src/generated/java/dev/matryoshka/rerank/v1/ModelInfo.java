@@ -28,6 +28,7 @@ private static final long serialVersionUID = 0L;
     calibrationVersion_ = "";
     fingerprint_ = "";
     templateVersion_ = "";
+    dtype_ = "";
   }
 
   @java.lang.Override
@@ -506,6 +507,55 @@ private static final long serialVersionUID = 0L;
     return isDefault_;
   }
 
+  public static final int DTYPE_FIELD_NUMBER = 14;
+  @SuppressWarnings("serial")
+  private volatile java.lang.Object dtype_ = "";
+  /**
+   * <pre>
+   * Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+   * "auto" it is chosen at start-up by which is faster on this machine.
+   * </pre>
+   *
+   * <code>string dtype = 14;</code>
+   * @return The dtype.
+   */
+  @java.lang.Override
+  public java.lang.String getDtype() {
+    java.lang.Object ref = dtype_;
+    if (ref instanceof java.lang.String) {
+      return (java.lang.String) ref;
+    } else {
+      com.google.protobuf.ByteString bs = 
+          (com.google.protobuf.ByteString) ref;
+      java.lang.String s = bs.toStringUtf8();
+      dtype_ = s;
+      return s;
+    }
+  }
+  /**
+   * <pre>
+   * Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+   * "auto" it is chosen at start-up by which is faster on this machine.
+   * </pre>
+   *
+   * <code>string dtype = 14;</code>
+   * @return The bytes for dtype.
+   */
+  @java.lang.Override
+  public com.google.protobuf.ByteString
+      getDtypeBytes() {
+    java.lang.Object ref = dtype_;
+    if (ref instanceof java.lang.String) {
+      com.google.protobuf.ByteString b = 
+          com.google.protobuf.ByteString.copyFromUtf8(
+              (java.lang.String) ref);
+      dtype_ = b;
+      return b;
+    } else {
+      return (com.google.protobuf.ByteString) ref;
+    }
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -567,6 +617,9 @@ private static final long serialVersionUID = 0L;
     }
     if (isDefault_ != false) {
       output.writeBool(13, isDefault_);
+    }
+    if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(dtype_)) {
+      com.google.protobuf.GeneratedMessageV3.writeString(output, 14, dtype_);
     }
     getUnknownFields().writeTo(output);
   }
@@ -642,6 +695,9 @@ private static final long serialVersionUID = 0L;
       size += com.google.protobuf.CodedOutputStream
         .computeBoolSize(13, isDefault_);
     }
+    if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(dtype_)) {
+      size += com.google.protobuf.GeneratedMessageV3.computeStringSize(14, dtype_);
+    }
     size += getUnknownFields().getSerializedSize();
     memoizedSize = size;
     return size;
@@ -687,6 +743,8 @@ private static final long serialVersionUID = 0L;
         .equals(other.getTemplateVersion())) return false;
     if (getIsDefault()
         != other.getIsDefault()) return false;
+    if (!getDtype()
+        .equals(other.getDtype())) return false;
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -733,6 +791,8 @@ private static final long serialVersionUID = 0L;
     hash = (37 * hash) + IS_DEFAULT_FIELD_NUMBER;
     hash = (53 * hash) + com.google.protobuf.Internal.hashBoolean(
         getIsDefault());
+    hash = (37 * hash) + DTYPE_FIELD_NUMBER;
+    hash = (53 * hash) + getDtype().hashCode();
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -887,6 +947,7 @@ private static final long serialVersionUID = 0L;
       fingerprint_ = "";
       templateVersion_ = "";
       isDefault_ = false;
+      dtype_ = "";
       return this;
     }
 
@@ -970,6 +1031,9 @@ private static final long serialVersionUID = 0L;
       }
       if (((from_bitField0_ & 0x00001000) != 0)) {
         result.isDefault_ = isDefault_;
+      }
+      if (((from_bitField0_ & 0x00002000) != 0)) {
+        result.dtype_ = dtype_;
       }
     }
 
@@ -1077,6 +1141,11 @@ private static final long serialVersionUID = 0L;
       }
       if (other.getIsDefault() != false) {
         setIsDefault(other.getIsDefault());
+      }
+      if (!other.getDtype().isEmpty()) {
+        dtype_ = other.dtype_;
+        bitField0_ |= 0x00002000;
+        onChanged();
       }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
@@ -1195,6 +1264,11 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00001000;
               break;
             } // case 104
+            case 114: {
+              dtype_ = input.readStringRequireUtf8();
+              bitField0_ |= 0x00002000;
+              break;
+            } // case 114
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -2401,6 +2475,103 @@ private static final long serialVersionUID = 0L;
     public Builder clearIsDefault() {
       bitField0_ = (bitField0_ & ~0x00001000);
       isDefault_ = false;
+      onChanged();
+      return this;
+    }
+
+    private java.lang.Object dtype_ = "";
+    /**
+     * <pre>
+     * Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+     * "auto" it is chosen at start-up by which is faster on this machine.
+     * </pre>
+     *
+     * <code>string dtype = 14;</code>
+     * @return The dtype.
+     */
+    public java.lang.String getDtype() {
+      java.lang.Object ref = dtype_;
+      if (!(ref instanceof java.lang.String)) {
+        com.google.protobuf.ByteString bs =
+            (com.google.protobuf.ByteString) ref;
+        java.lang.String s = bs.toStringUtf8();
+        dtype_ = s;
+        return s;
+      } else {
+        return (java.lang.String) ref;
+      }
+    }
+    /**
+     * <pre>
+     * Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+     * "auto" it is chosen at start-up by which is faster on this machine.
+     * </pre>
+     *
+     * <code>string dtype = 14;</code>
+     * @return The bytes for dtype.
+     */
+    public com.google.protobuf.ByteString
+        getDtypeBytes() {
+      java.lang.Object ref = dtype_;
+      if (ref instanceof String) {
+        com.google.protobuf.ByteString b = 
+            com.google.protobuf.ByteString.copyFromUtf8(
+                (java.lang.String) ref);
+        dtype_ = b;
+        return b;
+      } else {
+        return (com.google.protobuf.ByteString) ref;
+      }
+    }
+    /**
+     * <pre>
+     * Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+     * "auto" it is chosen at start-up by which is faster on this machine.
+     * </pre>
+     *
+     * <code>string dtype = 14;</code>
+     * @param value The dtype to set.
+     * @return This builder for chaining.
+     */
+    public Builder setDtype(
+        java.lang.String value) {
+      if (value == null) { throw new NullPointerException(); }
+      dtype_ = value;
+      bitField0_ |= 0x00002000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+     * "auto" it is chosen at start-up by which is faster on this machine.
+     * </pre>
+     *
+     * <code>string dtype = 14;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearDtype() {
+      dtype_ = getDefaultInstance().getDtype();
+      bitField0_ = (bitField0_ & ~0x00002000);
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+     * "auto" it is chosen at start-up by which is faster on this machine.
+     * </pre>
+     *
+     * <code>string dtype = 14;</code>
+     * @param value The bytes for dtype to set.
+     * @return This builder for chaining.
+     */
+    public Builder setDtypeBytes(
+        com.google.protobuf.ByteString value) {
+      if (value == null) { throw new NullPointerException(); }
+      checkByteStringIsUtf8(value);
+      dtype_ = value;
+      bitField0_ |= 0x00002000;
       onChanged();
       return this;
     }

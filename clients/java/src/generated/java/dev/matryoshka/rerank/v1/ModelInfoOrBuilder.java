@@ -274,4 +274,26 @@ public interface ModelInfoOrBuilder extends
    * @return The isDefault.
    */
   boolean getIsDefault();
+
+  /**
+   * <pre>
+   * Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+   * "auto" it is chosen at start-up by which is faster on this machine.
+   * </pre>
+   *
+   * <code>string dtype = 14;</code>
+   * @return The dtype.
+   */
+  java.lang.String getDtype();
+  /**
+   * <pre>
+   * Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
+   * "auto" it is chosen at start-up by which is faster on this machine.
+   * </pre>
+   *
+   * <code>string dtype = 14;</code>
+   * @return The bytes for dtype.
+   */
+  com.google.protobuf.ByteString
+      getDtypeBytes();
 }

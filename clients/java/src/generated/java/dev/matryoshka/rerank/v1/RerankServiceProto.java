@@ -166,7 +166,7 @@ public final class RerankServiceProto {
       " \001(\010\022\r\n\005model\030\007 \001(\t\022\022\n\nrequest_id\030\010 \001(\t\"" +
       "$\n\023GetModelInfoRequest\022\r\n\005model\030\001 \001(\t\"@\n" +
       "\024GetModelInfoResponse\022(\n\006models\030\001 \003(\0132\030." +
-      "matryoshka.v1.ModelInfo\"\211\003\n\tModelInfo\022\014\n" +
+      "matryoshka.v1.ModelInfo\"\230\003\n\tModelInfo\022\014\n" +
       "\004name\030\001 \001(\t\022*\n\006family\030\002 \001(\0162\032.matryoshka" +
       ".v1.ModelFamily\022\022\n\nnum_layers\030\003 \001(\005\022\023\n\013h" +
       "idden_size\030\004 \001(\005\022\023\n\013head_layers\030\005 \003(\005\022+\n" +
@@ -176,38 +176,39 @@ public final class RerankServiceProto {
       "truncation\030\t \001(\0132\031.matryoshka.v1.Truncat" +
       "ion\022\033\n\023calibration_version\030\n \001(\t\022\023\n\013fing" +
       "erprint\030\013 \001(\t\022\030\n\020template_version\030\014 \001(\t\022" +
-      "\022\n\nis_default\030\r \001(\010\"v\n\013ModelLimits\022\025\n\rma" +
-      "x_documents\030\001 \001(\005\022\031\n\021max_request_bytes\030\002" +
-      " \001(\003\022\030\n\020max_query_tokens\030\003 \001(\005\022\033\n\023max_do" +
-      "cument_tokens\030\004 \001(\005*Y\n\tScoreType\022\032\n\026SCOR" +
-      "E_TYPE_UNSPECIFIED\020\000\022\032\n\026SCORE_TYPE_PROBA" +
-      "BILITY\020\001\022\024\n\020SCORE_TYPE_LOGIT\020\002*e\n\016Trunca" +
-      "tionSide\022\037\n\033TRUNCATION_SIDE_UNSPECIFIED\020" +
-      "\000\022\027\n\023TRUNCATION_SIDE_END\020\001\022\031\n\025TRUNCATION" +
-      "_SIDE_START\020\002*s\n\tCacheMode\022\032\n\026CACHE_MODE" +
-      "_UNSPECIFIED\020\000\022\031\n\025CACHE_MODE_READ_WRITE\020" +
-      "\001\022\030\n\024CACHE_MODE_READ_ONLY\020\002\022\025\n\021CACHE_MOD" +
-      "E_BYPASS\020\003*\323\001\n\nExitReason\022\033\n\027EXIT_REASON" +
-      "_UNSPECIFIED\020\000\022\025\n\021EXIT_REASON_DEPTH\020\001\022\"\n" +
-      "\036EXIT_REASON_CONFIDENT_RELEVANT\020\002\022$\n EXI" +
-      "T_REASON_CONFIDENT_IRRELEVANT\020\003\022\027\n\023EXIT_" +
-      "REASON_CASCADE\020\004\022\026\n\022EXIT_REASON_STABLE\020\005" +
-      "\022\026\n\022EXIT_REASON_BUDGET\020\006*_\n\013ModelFamily\022" +
-      "\034\n\030MODEL_FAMILY_UNSPECIFIED\020\000\022\030\n\024MODEL_F" +
-      "AMILY_DECODER\020\001\022\030\n\024MODEL_FAMILY_ENCODER\020" +
-      "\002*f\n\013ScoringMode\022\034\n\030SCORING_MODE_UNSPECI" +
-      "FIED\020\000\022\026\n\022SCORING_MODE_HEADS\020\001\022!\n\035SCORIN" +
-      "G_MODE_QUERY_LIKELIHOOD\020\0022\212\002\n\rRerankServ" +
-      "ice\022E\n\006Rerank\022\034.matryoshka.v1.RerankRequ" +
-      "est\032\035.matryoshka.v1.RerankResponse\022Y\n\014St" +
-      "reamRerank\022\".matryoshka.v1.StreamRerankR" +
-      "equest\032#.matryoshka.v1.StreamRerankRespo" +
-      "nse0\001\022W\n\014GetModelInfo\022\".matryoshka.v1.Ge" +
-      "tModelInfoRequest\032#.matryoshka.v1.GetMod" +
-      "elInfoResponseB\206\001\n\030dev.matryoshka.rerank" +
-      ".v1B\022RerankServiceProtoP\001ZTgithub.com/ma" +
-      "tryoshka-rerank/matryoshka-rerank/client" +
-      "s/go/matryoshka/v1;matryoshkav1b\006proto3"
+      "\022\n\nis_default\030\r \001(\010\022\r\n\005dtype\030\016 \001(\t\"v\n\013Mo" +
+      "delLimits\022\025\n\rmax_documents\030\001 \001(\005\022\031\n\021max_" +
+      "request_bytes\030\002 \001(\003\022\030\n\020max_query_tokens\030" +
+      "\003 \001(\005\022\033\n\023max_document_tokens\030\004 \001(\005*Y\n\tSc" +
+      "oreType\022\032\n\026SCORE_TYPE_UNSPECIFIED\020\000\022\032\n\026S" +
+      "CORE_TYPE_PROBABILITY\020\001\022\024\n\020SCORE_TYPE_LO" +
+      "GIT\020\002*e\n\016TruncationSide\022\037\n\033TRUNCATION_SI" +
+      "DE_UNSPECIFIED\020\000\022\027\n\023TRUNCATION_SIDE_END\020" +
+      "\001\022\031\n\025TRUNCATION_SIDE_START\020\002*s\n\tCacheMod" +
+      "e\022\032\n\026CACHE_MODE_UNSPECIFIED\020\000\022\031\n\025CACHE_M" +
+      "ODE_READ_WRITE\020\001\022\030\n\024CACHE_MODE_READ_ONLY" +
+      "\020\002\022\025\n\021CACHE_MODE_BYPASS\020\003*\323\001\n\nExitReason" +
+      "\022\033\n\027EXIT_REASON_UNSPECIFIED\020\000\022\025\n\021EXIT_RE" +
+      "ASON_DEPTH\020\001\022\"\n\036EXIT_REASON_CONFIDENT_RE" +
+      "LEVANT\020\002\022$\n EXIT_REASON_CONFIDENT_IRRELE" +
+      "VANT\020\003\022\027\n\023EXIT_REASON_CASCADE\020\004\022\026\n\022EXIT_" +
+      "REASON_STABLE\020\005\022\026\n\022EXIT_REASON_BUDGET\020\006*" +
+      "_\n\013ModelFamily\022\034\n\030MODEL_FAMILY_UNSPECIFI" +
+      "ED\020\000\022\030\n\024MODEL_FAMILY_DECODER\020\001\022\030\n\024MODEL_" +
+      "FAMILY_ENCODER\020\002*f\n\013ScoringMode\022\034\n\030SCORI" +
+      "NG_MODE_UNSPECIFIED\020\000\022\026\n\022SCORING_MODE_HE" +
+      "ADS\020\001\022!\n\035SCORING_MODE_QUERY_LIKELIHOOD\020\002" +
+      "2\212\002\n\rRerankService\022E\n\006Rerank\022\034.matryoshk" +
+      "a.v1.RerankRequest\032\035.matryoshka.v1.Reran" +
+      "kResponse\022Y\n\014StreamRerank\022\".matryoshka.v" +
+      "1.StreamRerankRequest\032#.matryoshka.v1.St" +
+      "reamRerankResponse0\001\022W\n\014GetModelInfo\022\".m" +
+      "atryoshka.v1.GetModelInfoRequest\032#.matry" +
+      "oshka.v1.GetModelInfoResponseB\206\001\n\030dev.ma" +
+      "tryoshka.rerank.v1B\022RerankServiceProtoP\001" +
+      "ZTgithub.com/matryoshka-rerank/matryoshk" +
+      "a-rerank/clients/go/matryoshka/v1;matryo" +
+      "shkav1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -315,7 +316,7 @@ public final class RerankServiceProto {
     internal_static_matryoshka_v1_ModelInfo_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_ModelInfo_descriptor,
-        new java.lang.String[] { "Name", "Family", "NumLayers", "HiddenSize", "HeadLayers", "Scoring", "MergeRatios", "Limits", "DefaultTruncation", "CalibrationVersion", "Fingerprint", "TemplateVersion", "IsDefault", });
+        new java.lang.String[] { "Name", "Family", "NumLayers", "HiddenSize", "HeadLayers", "Scoring", "MergeRatios", "Limits", "DefaultTruncation", "CalibrationVersion", "Fingerprint", "TemplateVersion", "IsDefault", "Dtype", });
     internal_static_matryoshka_v1_ModelLimits_descriptor =
       getDescriptor().getMessageTypes().get(17);
     internal_static_matryoshka_v1_ModelLimits_fieldAccessorTable = new

@@ -1,0 +1,248 @@
+"""One job inside the engine: its rows' states in buckets, scores so far, exit schedule, usage, timing.
+
+A job's rows advance together from its *frontier* (the lowest layer any of its rows is at): a step
+may advance only some of its buckets, and the job is scored at a layer once every row has reached it.
+Rows resumed from a cached state wait until the job reaches their layer, then join.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from matryoshka.engine.cost import Usage
+from matryoshka.engine.exits import ExitReason, ExitSchedule
+from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
+from matryoshka.model.state import LayerState, RowState
+
+StageListener = Callable[[int, list[Outcome]], None]  # (layer, outcomes so far)
+
+
+@dataclass
+class Bucket:
+    """Rows of one job at one layer, right-padded together."""
+
+    state: LayerState
+    rows: Tensor  # (batch,) the job's row indices
+
+    @property
+    def layer(self) -> int:
+        """Layers applied so far."""
+        return self.state.layer
+
+    @property
+    def padded_tokens(self) -> int:
+        """Rows x padded width: what one layer step over this bucket processes."""
+        return int(self.state.hidden.shape[0] * self.state.hidden.shape[1])
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How large one bucket may be (rows, padded tokens)."""
+
+    rows: int
+    tokens: int
+
+    def chunks(self, order: list[int], length_of: Callable[[int], int]) -> list[list[int]]:
+        """Split rows (sorted longest first) into runs that fit one bucket."""
+        chunks: list[list[int]] = []
+        for row in order:
+            if chunks:
+                last = chunks[-1]
+                width = max(length_of(last[0]), length_of(row))
+                if len(last) < self.rows and width * (len(last) + 1) <= self.tokens:
+                    last.append(row)
+                    continue
+            chunks.append([row])
+        return chunks
+
+
+class JobRun:
+    """The engine's state of one job from admission to answer."""
+
+    def __init__(
+        self,
+        job: Job,
+        tokens: list[int],
+        query_tokens: int,
+        listener: StageListener | None = None,
+    ) -> None:
+        assert job.plan.depth is not None, "jobs need resolved plans (Plan.resolve)"
+        n = len(tokens)
+        self.job = job
+        self.tokens = tokens
+        self.query_tokens = query_tokens
+        self.listener = listener
+        self.schedule = ExitSchedule(job.plan, job.deadline, started=job.arrived)
+        self.usage = Usage()
+        self.logit = torch.full((n,), math.nan, dtype=torch.float64)
+        self.prob = torch.full((n,), math.nan, dtype=torch.float64)
+        self.exit_layer = torch.zeros(n, dtype=torch.long)
+        self.reason: list[ExitReason | None] = [None] * n
+        self.active = torch.ones(n, dtype=torch.bool)
+        self.buckets: list[Bucket] = []
+        self.pending: dict[int, list[tuple[int, RowState]]] = {}
+        self.states: dict[int, RowState] = {}
+        self.partial = False
+        self.error: EngineError | None = None
+        self.priority = math.inf  # the ordering key (engine/policy.py); lower runs first
+        self.first_step: float | None = None
+        self.compute_seconds = 0.0
+
+    @property
+    def count(self) -> int:
+        """Documents in the job."""
+        return len(self.tokens)
+
+    @property
+    def done(self) -> bool:
+        """Failed, or every row has exited."""
+        return self.error is not None or not bool(self.active.any())
+
+    @property
+    def layer(self) -> int:
+        """The frontier: the lowest layer an active row of this job is at."""
+        layers = [b.layer for b in self.buckets] or list(self.pending)
+        return min(layers, default=0)
+
+    @property
+    def at_one_layer(self) -> bool:
+        """True when every active row is at the frontier (the job can be scored there)."""
+        return all(b.layer == self.layer for b in self.buckets)
+
+    def frontier(self) -> list[Bucket]:
+        """Buckets at the frontier: the only ones a step may advance."""
+        low = self.layer
+        return [b for b in self.buckets if b.layer == low]
+
+    def layer_flops(self, per_row: Callable[[Tensor], Tensor]) -> float:
+        """FLOPs of one layer over this job's active rows, from a per-row FLOP function."""
+        return sum(float(per_row(b.state.lengths.cpu()).sum()) for b in self.buckets)
+
+    def scores_at(self, layer: int, head_layers: tuple[int, ...]) -> bool:
+        """Score at the depth; earlier only at head layers where this job can act on a score: from
+        its first allowed exit on, or everywhere when a budget or deadline may need a partial answer."""
+        depth = self.schedule.depth
+        if layer == depth:
+            return True
+        if layer > depth or layer not in head_layers:
+            return False
+        if self.schedule.budget is not None:
+            return True
+        plan = self.job.plan
+        policies = [p for p in (plan.confidence, plan.cascade) if p is not None]
+        return bool(policies) and layer >= min(p.min_layer for p in policies)
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def join(self, layer: int, limits: Limits, device: torch.device, dtype: torch.dtype) -> None:
+        """Resumed rows cached at `layer` join the job's buckets."""
+        rows = [(r, s) for r, s in self.pending.pop(layer, []) if self.active[r]]
+        rows.sort(key=lambda rs: -rs[1].length)
+        lookup = dict(rows)
+        for chunk in limits.chunks([r for r, _ in rows], lambda r: lookup[r].length):
+            moved = [
+                RowState(
+                    lookup[r].hidden.to(device, dtype),
+                    lookup[r].segments.to(device),
+                    lookup[r].token_ids.to(device),
+                    lookup[r].layer,
+                    lookup[r].compression,
+                )
+                for r in chunk
+            ]
+            self.buckets.append(Bucket(LayerState.from_rows(moved), torch.tensor(chunk, dtype=torch.long)))
+
+    def compact(self, limits: Limits) -> None:
+        """Drop exited rows (trimming padding) and merge small buckets at the same layer."""
+        kept: list[Bucket] = []
+        for b in self.buckets:
+            keep = self.active[b.rows]
+            if bool(keep.all()):
+                kept.append(b)
+            elif bool(keep.any()):
+                idx = keep.nonzero().flatten()
+                kept.append(Bucket(b.state.select(idx.to(b.state.hidden.device)), b.rows[idx]))
+        merged: list[Bucket] = []
+        for b in sorted(kept, key=lambda b: (b.layer, -b.state.hidden.shape[1])):
+            if merged and merged[-1].layer == b.layer:
+                last = merged[-1]
+                rows = last.state.batch_size + b.state.batch_size
+                width = max(last.state.hidden.shape[1], b.state.hidden.shape[1])
+                if rows <= limits.rows and rows * width <= limits.tokens:
+                    merged[-1] = Bucket(
+                        LayerState.concat([last.state, b.state]), torch.cat([last.rows, b.rows])
+                    )
+                    continue
+            merged.append(b)
+        self.buckets = merged
+
+    def row_state(self, row: int) -> RowState:
+        """The current state of one row (for handing back at its exit)."""
+        for b in self.buckets:
+            hit = (b.rows == row).nonzero().flatten()
+            if hit.numel():
+                return b.state.row(int(hit[0]))
+        raise KeyError(row)
+
+    def exit(self, decisions: dict[int, ExitReason]) -> None:
+        """Rows leave with their reasons (and hand back their state if the job asked)."""
+        for row, reason in decisions.items():
+            self.reason[row] = reason
+            self.active[row] = False
+            if self.job.keep_states and self.buckets:
+                self.states[row] = self.row_state(row)
+
+    def stop_for_budget(self) -> None:
+        """Every running row exits BUDGET with its latest score; rows never scored keep their input
+        order (probability 0, exit layer 0)."""
+        unscored = torch.isnan(self.prob) & self.active
+        self.prob[unscored] = 0.0
+        self.logit[unscored] = -math.inf
+        self.exit_layer[unscored] = 0
+        self.exit({int(i): ExitReason.BUDGET for i in self.active.nonzero().flatten()})
+        self.partial = True
+        self.buckets = []
+        self.pending = {}
+
+    def fail(self, error: EngineError) -> None:
+        """End the job with an error; its rows leave at once."""
+        self.error = error
+        self.active[:] = False
+        self.buckets = []
+        self.pending = {}
+
+    # -- answers --------------------------------------------------------------------------------
+
+    def outcomes(self) -> list[Outcome]:
+        """Each document's latest score, exit layer and reason (None while still running)."""
+        return [
+            Outcome(
+                index=i,
+                logit=float(self.logit[i]),
+                probability=float(self.prob[i]),
+                exit_layer=int(self.exit_layer[i]),
+                exit_reason=self.reason[i],
+                tokens=self.tokens[i],
+            )
+            for i in range(self.count)
+        ]
+
+    def result(self) -> JobResult | EngineError:
+        """The finished job's answer, or the error that ended it."""
+        if self.error is not None:
+            return self.error
+        started = self.first_step if self.first_step is not None else time.monotonic()
+        return JobResult(
+            outcomes=self.outcomes(),
+            usage=self.usage,
+            partial=self.partial,
+            states=self.states,
+            compute_seconds=self.compute_seconds,
+            queue_seconds=max(started - self.job.arrived, 0.0),
+        )
