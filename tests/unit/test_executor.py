@@ -222,3 +222,15 @@ def test_adaptive_plans_score_only_where_an_exit_is_allowed(llama_model: Matryos
         [Job(QUERY, PASSAGES, budgeted)], on_stage=lambda j, layer, o: stages.append(layer)
     )
     assert stages == [1, 2, 3, 4]  # a budget may cut anywhere, so every head layer is scored
+
+
+def test_a_budget_stop_with_resumed_rows_still_waiting(llama_model: MatryoshkaModel) -> None:
+    """Rows resumed at layer 2 have not joined when a tiny budget stops the job: input order, no crash."""
+    states = run_one(llama_model, Plan(depth=2), keep_states=True).states
+    plan = Plan(budget=Budget(max_seconds=1e-9)).resolve(llama_model.info)
+    job = Job(QUERY, PASSAGES, plan, resume={0: states[0]}, keep_states=True)
+    (result,) = Executor(llama_model).run([job])
+    assert isinstance(result, JobResult)
+    assert result.partial
+    assert {o.exit_layer for o in result.outcomes} == {0}
+    assert 0 not in result.states  # a waiting resumed row has no new state to hand back

@@ -10,21 +10,23 @@ from matryoshka.engine.cost import LatencyModel
 from matryoshka.engine.executor import Executor
 from matryoshka.engine.job import Job
 from matryoshka.engine.plan import Budget, Plan
-from matryoshka.engine.policy import priority, select
+from matryoshka.engine.policy import SLOWDOWN, priority, select
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from tests.conftest import PASSAGES
 
 
-def test_keys_are_the_earlier_of_the_deadline_and_arrival_plus_own_work(llama_model: MatryoshkaModel) -> None:
+def test_keys_are_the_earlier_of_the_deadline_and_arrival_plus_a_multiple_of_own_work(
+    llama_model: MatryoshkaModel,
+) -> None:
     ex = Executor(llama_model)
     info = llama_model.info
     free = ex.start(Job("the cat", PASSAGES, Plan().resolve(info), arrived=100.0))
     budgeted = ex.start(
         Job("the cat", PASSAGES, Plan(budget=Budget(max_seconds=2.0)).resolve(info), arrived=100.0)
     )
-    assert priority(free, own_seconds=5.0) == 105.0
+    assert priority(free, own_seconds=5.0) == 100.0 + SLOWDOWN * 5.0
     assert priority(budgeted, own_seconds=5.0) == 102.0
-    assert priority(budgeted, own_seconds=1.0) == 101.0
+    assert priority(budgeted, own_seconds=0.25) == 100.0 + SLOWDOWN * 0.25
 
 
 def test_a_step_takes_the_most_urgent_buckets_up_to_its_token_budget(llama_model: MatryoshkaModel) -> None:

@@ -127,8 +127,12 @@ class Executor:
             if run.done or run.schedule.budget is None:
                 continue
             wait = 0.0 if id(run) in in_step else self.latency.predict(step_flops)  # it sits this one out
-            if not self._next_head_fits(run, step_flops, wait):
-                run.stop_for_budget()
+            try:
+                if not self._next_head_fits(run, step_flops, wait):
+                    run.stop_for_budget()
+            except Exception as exc:
+                log.exception("a job's budget check failed")
+                run.fail(JobFailedError(f"the budget check failed: {type(exc).__name__}: {exc}"))
         chosen = [(r, b) for r, b in chosen if not r.done]
         tick = time.monotonic()
         stepped: dict[int, JobRun] = {}

@@ -182,21 +182,22 @@ class JobRun:
             merged.append(b)
         self.buckets = merged
 
-    def row_state(self, row: int) -> RowState:
-        """The current state of one row (for handing back at its exit)."""
+    def row_state(self, row: int) -> RowState | None:
+        """The current state of one row (None for a resumed row still waiting for its layer)."""
         for b in self.buckets:
             hit = (b.rows == row).nonzero().flatten()
             if hit.numel():
                 return b.state.row(int(hit[0]))
-        raise KeyError(row)
+        return None
 
     def exit(self, decisions: dict[int, ExitReason]) -> None:
         """Rows leave with their reasons (and hand back their state if the job asked)."""
         for row, reason in decisions.items():
             self.reason[row] = reason
             self.active[row] = False
-            if self.job.keep_states and self.buckets:
-                self.states[row] = self.row_state(row)
+            state = self.row_state(row) if self.job.keep_states else None
+            if state is not None:
+                self.states[row] = state
 
     def stop_for_budget(self) -> None:
         """Every running row exits BUDGET with its latest score; rows never scored keep their input

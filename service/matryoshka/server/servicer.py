@@ -155,16 +155,20 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         on_stage: Callable[[int, list[Outcome]], None] | None,
         arrived: float,
     ) -> tuple[JobResult, float]:
-        """Run on the engine thread; the gRPC deadline becomes the job's deadline (one already passed
-        is DEADLINE_EXCEEDED), the budget counts from `arrived`, cancellation stops the job."""
+        """Run on the engine thread; the job is due a margin before the gRPC deadline (one that leaves
+        no time is DEADLINE_EXCEEDED) and before `arrived` + the budget; cancellation stops it."""
         cancel = threading.Event()
+        margin = self.settings.deadline_margin_seconds
+        due: list[float] = []
+        budget = call.plan.budget
+        if budget is not None and budget.max_seconds is not None:
+            due.append(arrived + budget.max_seconds - margin)  # answered, serialised and sent in time
         remaining = context.time_remaining()
-        deadline = None
         if remaining is not None and math.isfinite(remaining):
-            left = remaining - self.settings.deadline_margin_seconds
-            if left <= 0:
+            if remaining - margin <= 0:
                 raise BudgetExceededError("the gRPC deadline leaves no time to run the request")
-            deadline = time.monotonic() + left
+            due.append(time.monotonic() + remaining - margin)
+        deadline = min(due, default=None)
         job = Job(
             call.query,
             call.documents,

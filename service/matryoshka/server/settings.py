@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     retry_after_seconds: float = Field(1.0, gt=0)
     max_batch_rows: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=64)
-    deadline_margin_seconds: float = Field(0.05, ge=0, description="Kept back from a gRPC deadline")
+    deadline_margin_seconds: float = Field(
+        0.05, ge=0, description="Kept back from a gRPC deadline or a latency budget"
+    )
     drain_seconds: float = Field(30.0, ge=0, description="Grace for in-flight calls on SIGTERM")
     tls_cert: Path | None = Field(None, description="PEM certificate chain; with tls_key, serve TLS only")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
