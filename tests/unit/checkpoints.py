@@ -1,0 +1,101 @@
+"""Tiny random published-layout checkpoints saved to a directory (transformers' own classes, no hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from tests.conftest import WORDS
+
+# The test vocabulary plus what the published layouts need: a BOS token and Qwen3's answer words.
+VOCAB_WORDS = [*WORDS, "<bos>", "yes", "no", "<|", "|>", "im_start", "im_end", "system", "user", "assistant"]
+VOCAB = {w: i for i, w in enumerate(VOCAB_WORDS)}
+
+
+def tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with BOS, PAD, CLS and SEP tokens."""
+    tok = Tokenizer(WordLevel(VOCAB, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        bos_token="<bos>",
+    )
+
+
+def save(model: Any, directory: Path) -> Path:
+    """save_pretrained the model and the tokenizer into `directory`."""
+    model.save_pretrained(directory)
+    tokenizer().save_pretrained(directory)
+    return directory
+
+
+def bert_cross_encoder(directory: Path, num_labels: int = 1, seed: int = 0) -> Path:
+    """A 3-layer BertForSequenceClassification (the ms-marco-MiniLM cross-encoder layout)."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+        architectures=["BertForSequenceClassification"],
+    )
+    return save(BertForSequenceClassification(config).eval(), directory)
+
+
+def gemma2(directory: Path, seed: int = 0, sliding_window: int = 4096) -> Path:
+    """A 4-layer Gemma 2 (alternating sliding / full attention, soft-capping) LM."""
+    torch.manual_seed(seed)
+    config = Gemma2Config(
+        vocab_size=len(VOCAB),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=sliding_window,
+        bos_token_id=VOCAB["<bos>"],
+        pad_token_id=VOCAB["[PAD]"],
+        architectures=["Gemma2ForCausalLM"],
+    )
+    return save(Gemma2ForCausalLM(config).eval(), directory)
+
+
+def qwen3(directory: Path, seed: int = 0) -> Path:
+    """A 3-layer Qwen3 (q/k norms) LM: the Qwen3-Reranker layout."""
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(VOCAB),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        architectures=["Qwen3ForCausalLM"],
+    )
+    return save(Qwen3ForCausalLM(config).eval(), directory)
