@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from matryoshka.engine.plan import Plan
+from matryoshka.engine.plan import Plan, WidthTarget
 from matryoshka.engine.reranker import Reranker
 from matryoshka.model.checkpoint import UnsupportedCheckpointError, load_checkpoint
 from matryoshka.model.families.prompts import BGE_PROMPT, QWEN3_INSTRUCTION, QWEN3_SUFFIX, QWEN3_SYSTEM
@@ -210,3 +210,45 @@ def test_anchor_attention_matches_eager_attention(case: str, layer: int, tmp_pat
     rows = torch.arange(state.batch_size)
     theirs = out.attentions[layer - 1].mean(dim=1)[rows, state.lengths - 1]
     torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_from_checkpoint_names_the_model_after_its_directory(tmp_path: Path) -> None:
+    reranker = Reranker.from_checkpoint(checkpoints.qwen3(tmp_path / "my-qwen3"), dtype="float32")
+    assert reranker.info.name == "my-qwen3"
+    assert reranker.model.backbone.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        Reranker.from_checkpoint(tmp_path / "my-qwen3", dtype="int8")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1"])
+def test_device_setting_accepts_cpu_and_cuda(device: str) -> None:
+    from matryoshka.server.settings import Settings
+
+    assert Settings(device=device).device == device
+
+
+def test_device_setting_rejects_other_names() -> None:
+    from pydantic import ValidationError
+
+    from matryoshka.server.settings import Settings
+
+    with pytest.raises(ValidationError, match="device"):
+        Settings(device="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cuda_scores_match_cpu_scores(case: str, tmp_path: Path) -> None:
+    make, _, _ = CASES[case]
+    directory = make(tmp_path / case)
+    cpu = Reranker(load_checkpoint(directory))
+    gpu = Reranker(load_checkpoint(directory, device="cuda"))
+    assert gpu.model.backbone.device.type == "cuda"
+    plan = Plan(width={1: WidthTarget(ratio=2.0)})
+    for a, b in zip(
+        cpu.rerank(QUERY, PASSAGES, plan, score_type="logit").results,
+        gpu.rerank(QUERY, PASSAGES, plan, score_type="logit").results,
+        strict=True,
+    ):
+        assert a.index == b.index
+        assert a.score == pytest.approx(b.score, abs=1e-3)

@@ -293,7 +293,8 @@ class _Run:
             wants = torch.tensor([self.runs[j].scores_at(layer, self.head_layers) for j in jobs.tolist()])
             if not bool(wants.any()):
                 continue
-            state = b.state if bool(wants.all()) else b.state.select(wants.nonzero().flatten())
+            keep = wants.nonzero().flatten().to(b.state.hidden.device)
+            state = b.state if bool(wants.all()) else b.state.select(keep)
             logits = scorer.logits(state)
             probs = scorer.calibration.probability(layer, logits)
             rows = b.rows[wants]

@@ -17,13 +17,24 @@ from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
 from matryoshka.engine.plan import Plan
 from matryoshka.model.artifact import load_artifact, read_manifest, shipped_artifact
+from matryoshka.model.checkpoint import (
+    UnsupportedCheckpointError as UnsupportedCheckpointError,
+)  # re-exported
+from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.model.loading import BACKBONES, load_backbone
 from matryoshka.model.loading import DEFAULT_BACKBONE as DEFAULT_BACKBONE  # re-exported for callers
 from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo, Scoring
 from matryoshka.model.prompt import Truncation
 
 ScoreType = Literal["probability", "logit"]
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -84,12 +95,14 @@ class Reranker:
         head_layers: Sequence[int] | None = None,
         threads: int | None = None,
         artifact: str | Path | None = None,
+        device: str = "cpu",
     ) -> Reranker:
         """Load a packaged backbone offline with its trained artifact.
 
         `artifact` names an artifact directory; without one, the artifact shipped for `name` is used
         when there is one and no `scoring` is asked for. Otherwise decoders score zero-shot by query
         likelihood and encoders by (untrained) heads; `scoring="heads"` gives untrained heads.
+        `device` is "cpu", "cuda" or "cuda:N".
         """
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -104,11 +117,32 @@ class Reranker:
                 raise ValueError(f"{path} was trained on {manifest['backbone']['name']}, not {name}")
             if scoring is not None and scoring != manifest["scoring"]:
                 raise ValueError(f"{path} scores by {manifest['scoring']}, not {scoring}")
-            return cls(load_artifact(path, dtype=DTYPES[dtype]))
+            return cls(load_artifact(path, dtype=DTYPES[dtype]).to(torch.device(device)))
         loaded = load_backbone(name, DTYPES[dtype])
+        loaded.model.to(torch.device(device))
         if scoring is None:
             scoring = "query_likelihood" if BACKBONES[name].family == "decoder" else "heads"
         return cls(MatryoshkaModel.from_backbone(loaded, scoring=scoring, head_layers=head_layers))
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        model_dir: str | Path,
+        *,
+        name: str | None = None,
+        dtype: str = "bfloat16",
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> Reranker:
+        """Serve a published re-ranker checkpoint directory (docs/models.md) with its own heads.
+
+        `name` defaults to the directory's name; `device` is "cpu", "cuda" or "cuda:N".
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return cls(load_checkpoint(model_dir, name=name, dtype=DTYPES[dtype], device=device))
 
     @property
     def info(self) -> ModelInfo:

@@ -36,3 +36,7 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=64)
     deadline_margin_seconds: float = Field(0.05, ge=0, description="Kept back from a gRPC deadline")
     drain_seconds: float = Field(30.0, ge=0, description="Grace for in-flight calls on SIGTERM")
+    model_dir: str | None = Field(
+        None, description="Hugging Face-format re-ranker checkpoint served as `model` (docs/models.md)"
+    )
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
