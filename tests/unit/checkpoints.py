@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,55 @@ def qwen3(directory: Path, seed: int = 0) -> Path:
         architectures=["Qwen3ForCausalLM"],
     )
     return save(Qwen3ForCausalLM(config).eval(), directory)
+
+
+def minicpm_layerwise(directory: Path, seed: int = 0, layers: int = 4, start_layer: int = 2) -> Path:
+    """A layerwise MiniCPM re-ranker as published: config.json naming remote code it must never run,
+    Llama-named body weights and one `lm_head.{i}.linear_head` per layer from `start_layer`."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    hidden, heads, kv_heads = 64, 4, 2
+    body = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=hidden,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+        )
+    )
+    weights = {k: v.contiguous() for k, v in body.state_dict().items() if k.startswith("model.")}
+    for i in range(layers - start_layer + 1):
+        weights[f"lm_head.{i}.linear_head.weight"] = torch.randn(1, hidden) * 0.2
+    directory.mkdir(parents=True)
+    save_file(weights, directory / "model.safetensors")
+    config = {
+        "architectures": ["LayerWiseMiniCPMForCausalLM"],
+        "auto_map": {"AutoModelForCausalLM": "modeling_minicpm_reranker.LayerWiseMiniCPMForCausalLM"},
+        "model_type": "minicpm",
+        "vocab_size": len(VOCAB),
+        "hidden_size": hidden,
+        "intermediate_size": 128,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "scale_emb": 12,
+        "dim_model_base": 256,
+        "scale_depth": 1.4,
+        "start_layer": start_layer,
+        "head_multi": True,
+        "head_type": "simple",
+        "bos_token_id": VOCAB["<bos>"],
+        "pad_token_id": VOCAB["[PAD]"],
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    tokenizer().save_pretrained(directory)
+    return directory

@@ -19,6 +19,7 @@ from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
 from tests.conftest import PASSAGES
 from tests.unit import checkpoints
+from tests.unit.minicpm_reference import layerwise_scores
 
 QUERY = "what is the capital of france"
 TOL = 1e-4
@@ -76,12 +77,16 @@ def decoder_reference(
     return scores
 
 
-def bge_reference(hf: Any, passage: str) -> dict[int, float]:
-    """FlagEmbedding's layout, [bos] tok("A: q") tok("\\n") tok("B: p") tok("\\n") tok(prompt): "Yes"."""
+def bge_ids(passage: str) -> list[int]:
+    """FlagEmbedding's layout: [bos] tok("A: q") tok("\\n") tok("B: p") tok("\\n") tok(prompt)."""
     bos = checkpoints.VOCAB["<bos>"]
-    input_ids = [bos, *ids(f"A: {QUERY}"), *ids("\n"), *ids(f"B: {passage}"), *ids("\n"), *ids(BGE_PROMPT)]
+    return [bos, *ids(f"A: {QUERY}"), *ids("\n"), *ids(f"B: {passage}"), *ids("\n"), *ids(BGE_PROMPT)]
+
+
+def bge_reference(hf: Any, passage: str) -> dict[int, float]:
+    """The "Yes" logit of the bge layout."""
     yes = ids("Yes")[0]
-    return decoder_reference(hf, input_ids, lambda logits: float(logits[yes]))
+    return decoder_reference(hf, bge_ids(passage), lambda logits: float(logits[yes]))
 
 
 def qwen3_reference(hf: Any, passage: str) -> dict[int, float]:
@@ -120,9 +125,33 @@ def test_every_exit_layer_matches_the_reference(case: str, tmp_path: Path) -> No
             assert float(ours[layer][i]) == pytest.approx(value, abs=TOL), f"{case} layer {layer} row {i}"
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+MAKERS = {case: make for case, (make, _, _) in CASES.items()} | {
+    "minicpm-layerwise": checkpoints.minicpm_layerwise
+}
+
+
+def test_layerwise_heads_match_the_published_math(tmp_path: Path) -> None:
+    """Folding MiniCPM's scales into a Llama gives the published per-layer scores at every head layer."""
+    directory = checkpoints.minicpm_layerwise(tmp_path / "lw", start_layer=2)
+    model = load_checkpoint(directory)
+    assert model.scorer.head_layers == (2, 3, 4)
+    ours = engine_logits(model)
+    for i, passage in enumerate(PASSAGES):
+        for layer, value in layerwise_scores(directory, bge_ids(passage)).items():
+            assert float(ours[layer][i]) == pytest.approx(value, abs=TOL), f"layer {layer} row {i}"
+
+
+def test_layerwise_variants_without_simple_heads_are_refused(tmp_path: Path) -> None:
+    directory = checkpoints.minicpm_layerwise(tmp_path / "lw")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "head_type": "raw"}))
+    with pytest.raises(UnsupportedCheckpointError, match="head_type 'simple'"):
+        load_checkpoint(directory)
+
+
+@pytest.mark.parametrize("case", sorted(MAKERS))
 def test_the_engine_serves_the_checkpoint_at_any_depth(case: str, tmp_path: Path) -> None:
-    make, _, _ = CASES[case]
+    make = MAKERS[case]
     model = load_checkpoint(make(tmp_path / case), name="mine")
     reranker = Reranker(model)
     assert reranker.info.name == "mine"
@@ -237,9 +266,9 @@ def test_device_setting_rejects_other_names() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(MAKERS))
 def test_cuda_scores_match_cpu_scores(case: str, tmp_path: Path) -> None:
-    make, _, _ = CASES[case]
+    make = MAKERS[case]
     directory = make(tmp_path / case)
     cpu = Reranker(load_checkpoint(directory))
     gpu = Reranker(load_checkpoint(directory, device="cuda"))

@@ -15,17 +15,15 @@ from typing import Any
 import torch
 
 from matryoshka.model.families.base import CheckpointSource, Family
+from matryoshka.model.families.base import UnsupportedCheckpointError as UnsupportedCheckpointError
 from matryoshka.model.families.encoder import CROSS_ENCODER
+from matryoshka.model.families.layerwise import LAYERWISE
 from matryoshka.model.families.yes_logit import YES_LOGIT
 from matryoshka.model.loading import sha256_file
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 
-FAMILIES: tuple[Family, ...] = (CROSS_ENCODER, YES_LOGIT)
+FAMILIES: tuple[Family, ...] = (CROSS_ENCODER, YES_LOGIT, LAYERWISE)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-class UnsupportedCheckpointError(ValueError):
-    """The directory is not a checkpoint of a supported family."""
 
 
 def supported_architectures() -> dict[str, str]:

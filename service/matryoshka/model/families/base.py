@@ -12,6 +12,10 @@ import torch
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 
 
+class UnsupportedCheckpointError(ValueError):
+    """The directory is not a checkpoint of a supported family (or uses a variant no family serves)."""
+
+
 @dataclass(frozen=True)
 class CheckpointSource:
     """A Hugging Face-format directory to build from: its config.json, and where and how to load it."""
