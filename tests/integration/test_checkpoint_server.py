@@ -7,32 +7,33 @@ from pathlib import Path
 
 import pytest
 
-from matryoshka_client import RerankClient
+from matryoshka_client import RerankClient, WidthStep
 from tests.integration.conftest import launch
 from tests.unit import checkpoints
 
 pytestmark = pytest.mark.slow
 
+QUERY = "what is the capital of france"
 DOCS = ["the cat sat on the mat", "paris is the capital city of france", "the sun is a hot star"]
 
 
-def test_a_checkpoint_directory_is_served_with_every_layer_an_exit(tmp_path: Path) -> None:
-    directory = checkpoints.gemma2(tmp_path / "tiny-gemma2-reranker")
+def test_a_checkpoint_directory_is_served_with_its_exits_and_ratios(tmp_path: Path) -> None:
+    directory = checkpoints.gemma2_lightweight(tmp_path / "tiny-lightweight", start_layer=2)
     server = launch(MATRYOSHKA_MODEL_DIR=str(directory))
     try:
         server.wait_serving(timeout=120)
         with RerankClient(server.target) as client:
             (info,) = client.model_info()
-            assert (info.name, info.num_layers, info.head_layers) == ("tiny-gemma2-reranker", 4, (1, 2, 3, 4))
-            assert info.family == "decoder"
-            full = client.rerank("what is the capital of france", DOCS)
-            shallow = client.rerank("what is the capital of france", DOCS, depth=2)
-        assert full.model == "tiny-gemma2-reranker"
-        assert {d.exit_layer for d in full.results} == {4}
-        assert {d.exit_layer for d in shallow.results} == {2}
-        assert shallow.usage.flops < full.usage.flops
+            full = client.rerank(QUERY, DOCS)
+            cut = client.rerank(QUERY, DOCS, depth=3, width=[WidthStep(1, ratio=2.0)])
     finally:
         server.stop()
+    assert (info.name, info.family, info.num_layers) == ("tiny-lightweight", "decoder", 4)
+    assert (info.head_layers, info.merge_ratios) == ((2, 3, 4), (2.0, 4.0, 8.0))
+    assert full.model == "tiny-lightweight"
+    assert {d.exit_layer for d in full.results} == {4}
+    assert {d.exit_layer for d in cut.results} == {3}
+    assert cut.usage.flops < full.usage.flops
 
 
 def test_an_unsupported_directory_fails_with_a_clear_error(tmp_path: Path) -> None:

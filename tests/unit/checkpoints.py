@@ -152,3 +152,29 @@ def minicpm_layerwise(directory: Path, seed: int = 0, layers: int = 4, start_lay
     (directory / "config.json").write_text(json.dumps(config))
     tokenizer().save_pretrained(directory)
     return directory
+
+
+def gemma2_lightweight(directory: Path, seed: int = 0, start_layer: int = 1, layer_sep: int = 1) -> Path:
+    """A lightweight re-ranker as published: a Gemma 2 body under `CostWiseGemmaForCausalLM`, with
+    one `lm_head.{i}.linear_head` for every `layer_sep`-th layer from `start_layer`."""
+    from safetensors.torch import save_file
+
+    body = Gemma2ForCausalLM.from_pretrained(gemma2(directory.with_name(directory.name + "-body"), seed=seed))
+    layers = body.config.num_hidden_layers
+    weights = {k: v.contiguous() for k, v in body.state_dict().items() if k.startswith("model.")}
+    for i, _ in enumerate(range(start_layer, layers + 1, layer_sep)):
+        weights[f"lm_head.{i}.linear_head.weight"] = torch.randn(1, body.config.hidden_size) * 0.2
+    directory.mkdir(parents=True)
+    save_file(weights, directory / "model.safetensors")
+    config = {
+        **body.config.to_dict(),
+        "architectures": ["CostWiseGemmaForCausalLM"],
+        "auto_map": {"AutoModelForCausalLM": "gemma_model.CostWiseGemmaForCausalLM"},
+        "model_type": "cost_wise_gemma",
+        "start_layer": start_layer,
+        "layer_sep": layer_sep,
+        "layer_wise": True,
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    tokenizer().save_pretrained(directory)
+    return directory

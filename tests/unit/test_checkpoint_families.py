@@ -19,6 +19,7 @@ from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
 from tests.conftest import PASSAGES
 from tests.unit import checkpoints
+from tests.unit.lightweight_reference import lightweight_scores
 from tests.unit.minicpm_reference import layerwise_scores
 
 QUERY = "what is the capital of france"
@@ -281,3 +282,33 @@ def test_cuda_scores_match_cpu_scores(case: str, tmp_path: Path) -> None:
     ):
         assert a.index == b.index
         assert a.score == pytest.approx(b.score, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("width", "ratio"),
+    [({}, 1), ({1: 2}, 2), ({2: 4}, 4), ({1: 2, 2: 2}, 2), ({1: 8}, 8)],
+    ids=["uncompressed", "2x@1", "4x@2", "2x@1,2", "8x@1"],
+)
+def test_lightweight_compression_matches_the_published_forward(
+    width: dict[int, int], ratio: int, tmp_path: Path
+) -> None:
+    """compress_layers + compress_ratio as width steps, cutoff layers as depths: the published scores."""
+    directory = checkpoints.gemma2_lightweight(tmp_path / "lightweight", start_layer=1)
+    reranker = Reranker(load_checkpoint(directory))
+    assert reranker.info.merge_ratios == (2.0, 4.0, 8.0)
+    plan_width = {layer: WidthTarget(ratio=float(r)) for layer, r in width.items()}
+    query_len = 1 + len(ids(f"A: {QUERY}")) + len(ids("\n"))
+    prompt_len = len(ids("\n")) + len(ids(BGE_PROMPT))
+    references = [
+        lightweight_scores(directory, bge_ids(p), (query_len, prompt_len), sorted(width), ratio)
+        for p in PASSAGES
+    ]
+    for depth in reranker.info.head_layers:
+        steps = {layer: t for layer, t in plan_width.items() if layer < depth}
+        if len(steps) != len(plan_width):
+            continue  # the published forward compresses at a layer only when it runs past it
+        result = reranker.rerank(QUERY, PASSAGES, Plan(depth=depth, width=steps), score_type="logit")
+        for r in result.results:
+            # Tighter than TOL: on a tiny random model, importance-weighted pooling is only ~3e-5 away.
+            expected = references[r.index][depth]
+            assert r.score == pytest.approx(expected, abs=5e-6), f"depth {depth} row {r.index}"

@@ -28,7 +28,7 @@ from matryoshka.engine.job import (
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import EncodedPair
 from matryoshka.model.state import LayerState, RowState, Segment
-from matryoshka.model.width import apply_merge, plan_merge
+from matryoshka.model.width import merge_rows
 
 StageCallback = Callable[[int, int, list[Outcome]], None]  # (job index, layer, outcomes so far)
 
@@ -252,30 +252,19 @@ class _Run:
         for i, b in enumerate(self.buckets):
             targets = [self.runs[int(self.job_of[r])].job.plan.width.get(layer) for r in b.rows.tolist()]
             merging = any(t is not None for t in targets)
-            attention = backbone.anchor_attention(layer, b.state) if merging else None
+            uniform = self.model.uniform_width
+            attention = backbone.anchor_attention(layer, b.state) if merging and not uniform else None
             lengths = b.state.lengths.cpu()
             row_flops = self.ex.flops.layer_rows(lengths)
             padded_flops += self.ex.flops.layer(torch.full_like(lengths, b.state.hidden.shape[1]))
             state = backbone.forward_layer(layer, b.state)
-            if attention is not None:
-                merge_rows = torch.tensor([t is not None for t in targets])
-                row_flops += self.ex.flops.merge_rows(lengths) * merge_rows
-                state = self._merge(state, attention, targets)
+            if merging:
+                rows_merged = torch.tensor([t is not None for t in targets])
+                row_flops += self.ex.flops.merge_rows(lengths) * rows_merged
+                state = merge_rows(state, attention, targets, uniform=uniform)
             self.buckets[i] = _Bucket(state, b.rows)
             self._charge(b.rows, lengths, row_flops)
         self.ex.latency.observe(padded_flops, time.perf_counter() - tick)
-
-    @staticmethod
-    def _merge(state: LayerState, attention: Tensor, targets: list) -> LayerState:  # type: ignore[type-arg]
-        passage = (state.segments == Segment.PASSAGE).sum(dim=1)
-        wanted = passage.clone()
-        for target in {t for t in targets if t is not None}:
-            rows = torch.tensor([t == target for t in targets], device=passage.device)
-            wanted = torch.where(rows, target.passage_targets(state), wanted)
-        merge = plan_merge(state, attention, wanted)
-        if bool((merge.new_lengths == state.lengths).all()):
-            return state
-        return apply_merge(state, merge)
 
     def _charge(self, rows: Tensor, lengths: Tensor, row_flops: Tensor) -> None:
         jobs = self.job_of[rows]

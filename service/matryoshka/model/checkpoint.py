@@ -18,11 +18,12 @@ from matryoshka.model.families.base import CheckpointSource, Family
 from matryoshka.model.families.base import UnsupportedCheckpointError as UnsupportedCheckpointError
 from matryoshka.model.families.encoder import CROSS_ENCODER
 from matryoshka.model.families.layerwise import LAYERWISE
+from matryoshka.model.families.lightweight import LIGHTWEIGHT
 from matryoshka.model.families.yes_logit import YES_LOGIT
 from matryoshka.model.loading import sha256_file
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 
-FAMILIES: tuple[Family, ...] = (CROSS_ENCODER, YES_LOGIT, LAYERWISE)
+FAMILIES: tuple[Family, ...] = (CROSS_ENCODER, YES_LOGIT, LAYERWISE, LIGHTWEIGHT)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 

@@ -1,8 +1,8 @@
 """Prompt layouts of published re-rankers, laid out piece by piece with a Segment per token.
 
-Fixed text is tokenised once; the query and passage are tokenised on their own with a leading space,
-i.e. split at the whitespace before them, which is where byte-level BPE and SentencePiece tokenizers
-split the published single-string layouts too.
+Fixed text is tokenised once; the query and passage are tokenised on their own, formatted as the
+published code formats them before tokenising ("A: {query}", "B: {passage}" in the bge layouts; a
+leading space after "<Query>:" in Qwen3's, which is where its byte-level BPE splits the single string).
 """
 
 from __future__ import annotations
@@ -37,15 +37,20 @@ class LayoutPrompt(_PiecewiseTemplate):
         name: str,
         version: str,
         bos_id: int | None = None,
+        query_format: str = " {}",
+        passage_format: str = " {}",
     ) -> None:
         self.parts = tuple(parts)
+        self.query_format = query_format
+        self.passage_format = passage_format
         self.name = name
         self.version = version
         self.bos_id = bos_id
         super().__init__(tokenizer)
 
     def encode(self, query: str, passages: list[str], truncation: Truncation) -> list[EncodedPair]:
-        return super().encode(" " + query.strip(), [" " + p.strip() for p in passages], truncation)
+        passages = [self.passage_format.format(p.strip()) for p in passages]
+        return super().encode(self.query_format.format(query.strip()), passages, truncation)
 
     def assemble(self, query_ids: list[int], passage_ids: list[int]) -> EncodedPair:
         pair = super().assemble(query_ids, passage_ids)
@@ -59,17 +64,18 @@ class LayoutPrompt(_PiecewiseTemplate):
 
 
 def bge_prompt(tokenizer: Tokenizer, bos_id: int | None, prompt: str = BGE_PROMPT) -> LayoutPrompt:
-    """[bos] "A: {query}" "\\n" "B: {passage}" "\\n" prompt: FlagEmbedding's LLM re-ranker layout."""
-    parts = (
-        ("text", "A:"),
-        ("query", None),
-        ("text", "\n"),
-        ("text", "B:"),
-        ("passage", None),
-        ("text", "\n"),
-        ("text", prompt),
+    """[bos] "A: {query}" "\\n" "B: {passage}" "\\n" prompt: FlagEmbedding's LLM re-ranker layout. As
+    there, "B: {passage}" is one piece: the lightweight models compress all of it."""
+    parts = (("query", None), ("text", "\n"), ("passage", None), ("text", "\n"), ("text", prompt))
+    return LayoutPrompt(
+        tokenizer,
+        parts,
+        name="bge",
+        version="bge-reranker-v1",
+        bos_id=bos_id,
+        query_format="A: {}",
+        passage_format="B: {}",
     )
-    return LayoutPrompt(tokenizer, parts, name="bge", version="bge-reranker-v1", bos_id=bos_id)
 
 
 def qwen3_prompt(tokenizer: Tokenizer, instruction: str = QWEN3_INSTRUCTION) -> LayoutPrompt:
