@@ -178,3 +178,23 @@ def gemma2_lightweight(directory: Path, seed: int = 0, start_layer: int = 1, lay
     (directory / "config.json").write_text(json.dumps(config))
     tokenizer().save_pretrained(directory)
     return directory
+
+
+def xlm_roberta_cross_encoder(directory: Path, seed: int = 0) -> Path:
+    """A 3-layer XLMRobertaForSequenceClassification (the bge-reranker-base/large/v2-m3 layout)."""
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=VOCAB["[PAD]"],
+        num_labels=1,
+        architectures=["XLMRobertaForSequenceClassification"],
+    )
+    return save(XLMRobertaForSequenceClassification(config).eval(), directory)

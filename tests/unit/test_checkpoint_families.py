@@ -59,6 +59,21 @@ def cross_encoder_reference(hf: Any, passage: str) -> dict[int, float]:
     return scores
 
 
+def roberta_reference(hf: Any, passage: str) -> dict[int, float]:
+    """<s> q </s></s> p </s> through XLMRobertaForSequenceClassification (its own position ids)."""
+    tok = checkpoints.tokenizer()
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    input_ids = torch.tensor([[cls, *ids(QUERY), sep, sep, *ids(passage), sep]])
+    with torch.no_grad():
+        out = hf(input_ids=input_ids, output_hidden_states=True)
+        layers = hf.config.num_hidden_layers
+        scores = {
+            layer: float(hf.classifier(out.hidden_states[layer])[0, 0]) for layer in range(1, layers + 1)
+        }
+    assert scores[layers] == pytest.approx(float(out.logits[0, 0]), abs=1e-6)
+    return scores
+
+
 def decoder_reference(
     hf: Any, input_ids: list[int], read: Callable[[torch.Tensor], float]
 ) -> dict[int, float]:
@@ -103,6 +118,11 @@ CASES = {
         checkpoints.bert_cross_encoder,
         "BertForSequenceClassification",
         cross_encoder_reference,
+    ),
+    "xlm-roberta-cross-encoder": (
+        checkpoints.xlm_roberta_cross_encoder,
+        "XLMRobertaForSequenceClassification",
+        roberta_reference,
     ),
     "gemma2-yes": (checkpoints.gemma2, "Gemma2ForCausalLM", bge_reference),
     "qwen3-yes-no": (checkpoints.qwen3, "Qwen3ForCausalLM", qwen3_reference),

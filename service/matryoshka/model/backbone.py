@@ -27,7 +27,9 @@ Family = Literal["decoder", "encoder"]
 # Gemma scales its embeddings inside embed_tokens; Gemma 2 alternates sliding and full attention
 # layers and soft-caps attention logits; Qwen 3 normalises q and k per head.
 DECODER_TYPES = frozenset({"llama", "qwen2", "mistral", "gemma", "gemma2", "qwen3"})
-ENCODER_TYPES = frozenset({"bert"})
+ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta"})
+# RoBERTa-style embeddings number real tokens from pad_token_id + 1.
+OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta"})
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -205,7 +207,7 @@ class DecoderBackbone(Backbone):
 
 
 class EncoderBackbone(Backbone):
-    """BERT-style bidirectional encoder (MiniLM): the [CLS] token is the anchor."""
+    """BERT-style bidirectional encoder (MiniLM, RoBERTa, XLM-RoBERTa): the first token is the anchor."""
 
     family: Family = "encoder"
 
@@ -214,12 +216,16 @@ class EncoderBackbone(Backbone):
         encoder: Any = hf_model
         self.embeddings: Any = encoder.embeddings
         self.layers: Any = encoder.encoder.layer
+        offset = self.config.model_type in OFFSET_POSITION_TYPES
+        self.position_offset = int(self.config.pad_token_id) + 1 if offset else 0
 
     def layer_module(self, layer: int) -> nn.Module:
         return self.layers[layer - 1]  # type: ignore[no-any-return]
 
     def embed(self, input_ids: Tensor, mask: Tensor, segments: Tensor, token_types: Tensor) -> LayerState:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        positions = (
+            torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0) + self.position_offset
+        )
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_types, position_ids=positions)
         return LayerState(
             hidden=hidden, mask=mask, segments=segments, token_ids=input_ids.masked_fill(~mask, -1), layer=0
