@@ -81,6 +81,6 @@ class ReadoutScorer(Scorer):
         return self.readouts[str(state.layer)](self.backbone.pooled(state))  # type: ignore[no-any-return]
 
     def flops_per_row(self, query_tokens: int) -> int:
-        return 2 * sum(p.numel() for p in self.readouts[str(self.head_layers[-1])].parameters()) + (
-            2 * self.backbone.hidden_size
-        )
+        # One multiply-add per weight of the deepest head (heads of one checkpoint share a shape).
+        head = self.readouts[str(self.head_layers[-1])]
+        return 2 * sum(t.numel() for t in (*head.parameters(), *head.buffers()))

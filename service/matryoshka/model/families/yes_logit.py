@@ -13,7 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from matryoshka.model.backbone import Backbone, DecoderBackbone
-from matryoshka.model.families.base import CheckpointSource, Family, finish, load_tokenizer
+from matryoshka.model.families.base import (
+    CheckpointSource,
+    Family,
+    UnsupportedCheckpointError,
+    finish,
+    load_tokenizer,
+)
 from matryoshka.model.families.prompts import bge_prompt, qwen3_prompt
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import PromptTemplate
@@ -36,6 +42,8 @@ def answer_readout(backbone: DecoderBackbone, tokenizer: Any, qwen3: bool) -> Li
     rows = backbone.lm_head.weight
     if qwen3:
         yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+        if None in (yes, no) or tokenizer.unk_token_id in (yes, no):
+            raise UnsupportedCheckpointError("a Qwen3 re-ranker's tokenizer needs the tokens 'yes' and 'no'")
         return LinearReadout(rows[yes].float() - rows[no].float())
     yes = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
     return LinearReadout(rows[yes], softcap=getattr(backbone.config, "final_logit_softcapping", None))
