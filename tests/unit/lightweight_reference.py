@@ -51,7 +51,7 @@ def lightweight_scores(
                 "config": config,
                 "inputs_embeds": h,
                 "attention_mask": None,
-                "cache": None,
+                "past_key_values": None,
                 "position_ids": pos,
             }
             sliding = config.layer_types[idx] == "sliding_attention"

@@ -160,7 +160,7 @@ class DecoderBackbone(Backbone):
                 config=self.config,
                 inputs_embeds=state.hidden,
                 attention_mask=state.mask.long(),
-                cache=None,
+                past_key_values=None,  # `cache` from 5.24 on; this name works across >=5.23,<5.40
                 position_ids=state.positions,
             )
         return state.aux[kind], state.aux["rope"]
