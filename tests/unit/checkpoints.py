@@ -198,3 +198,24 @@ def xlm_roberta_cross_encoder(directory: Path, seed: int = 0) -> Path:
         architectures=["XLMRobertaForSequenceClassification"],
     )
     return save(XLMRobertaForSequenceClassification(config).eval(), directory)
+
+
+def gemma(directory: Path, seed: int = 0) -> Path:
+    """A 3-layer Gemma (1) LM: the bge-reranker-v2-gemma layout."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    torch.manual_seed(seed)
+    config = GemmaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=512,
+        bos_token_id=VOCAB["<bos>"],
+        pad_token_id=VOCAB["[PAD]"],
+        architectures=["GemmaForCausalLM"],
+    )
+    return save(GemmaForCausalLM(config).eval(), directory)

@@ -124,6 +124,7 @@ CASES = {
         "XLMRobertaForSequenceClassification",
         roberta_reference,
     ),
+    "gemma-yes": (checkpoints.gemma, "GemmaForCausalLM", bge_reference),
     "gemma2-yes": (checkpoints.gemma2, "Gemma2ForCausalLM", bge_reference),
     "qwen3-yes-no": (checkpoints.qwen3, "Qwen3ForCausalLM", qwen3_reference),
 }
