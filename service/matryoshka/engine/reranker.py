@@ -18,8 +18,8 @@ from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
 from matryoshka.engine.plan import Plan
 from matryoshka.model.artifact import load_artifact, read_manifest, shipped_artifact
 from matryoshka.model.checkpoint import (
-    UnsupportedCheckpointError as UnsupportedCheckpointError,
-)  # re-exported
+    UnsupportedCheckpointError as UnsupportedCheckpointError,  # re-exported: the CLI never imports model/
+)
 from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.model.loading import BACKBONES, load_backbone
 from matryoshka.model.loading import DEFAULT_BACKBONE as DEFAULT_BACKBONE  # re-exported for callers
