@@ -10,7 +10,7 @@ import torch
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
 from matryoshka.model.state import LayerState, Segment
-from matryoshka.model.width import Merge, WidthTarget, apply_merge, merge_width, plan_merge
+from matryoshka.model.width import Merge, WidthTarget, apply_merge, merge_rows, merge_width, plan_merge
 from tests.conftest import PASSAGES
 
 QUERY = "where is paris"
@@ -425,3 +425,20 @@ def test_invalid_targets_raise_value_error(target: WidthTarget) -> None:
         target.passage_targets(state)
     with pytest.raises(ValueError, match="ratio"):
         merge_width(state, attention, target)
+
+
+def test_uniform_windows_pool_runs_of_k_into_their_mean() -> None:
+    """A trained compressor's windows: 4 + 1 for a 5-token passage at ratio 4, plain means, prompt kept."""
+    segments = torch.tensor([[Segment.QUERY] + [Segment.PASSAGE] * 5 + [Segment.PROMPT]], dtype=torch.int8)
+    hidden = torch.arange(7, dtype=torch.float32).reshape(1, 7, 1)
+    state = LayerState(
+        hidden=hidden,
+        mask=torch.ones(1, 7, dtype=torch.bool),
+        segments=segments,
+        token_ids=torch.zeros(1, 7).long(),
+        layer=1,
+    )
+    merged = merge_rows(state, None, [WidthTarget(ratio=4.0)], uniform=True)
+    assert merged.hidden[0, :, 0].tolist() == [0.0, 2.5, 5.0, 6.0]
+    assert merged.segments[0].tolist() == [Segment.QUERY, Segment.PASSAGE, Segment.PASSAGE, Segment.PROMPT]
+    assert merge_rows(state, None, [None], uniform=True) is state

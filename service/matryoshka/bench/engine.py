@@ -1,6 +1,7 @@
 """Engine benchmark: a plain Hugging Face forward vs the engine at full depth, then with depth and
-width cut, in one run, for fp32 and bf16. Every row is exactly `tokens` long. Plain and engine runs
-alternate and each figure is the best of `repeats` runs, so machine noise hits both sides alike."""
+width cut, in one run, for fp32, bf16 and fp16, on the CPU or a CUDA device, for a packaged backbone
+or a checkpoint directory. Every row is exactly `tokens` long. Plain and engine runs alternate and
+each figure is the best of `repeats` runs, so machine noise hits both sides alike."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from matryoshka.engine.executor import Executor
 from matryoshka.engine.job import Job, JobResult
 from matryoshka.engine.named_plans import light_plan
 from matryoshka.engine.plan import Plan
+from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.model.loading import DEFAULT_BACKBONE, load_backbone
 from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo
 from matryoshka.model.prompt import Truncation
@@ -67,22 +69,34 @@ WORDS = [
 def configs(info: ModelInfo) -> dict[str, Plan]:
     """The `light` plan and its two halves: its depth alone, its width merge alone, then both."""
     light = light_plan(info)
-    (merge_at, target), *_ = sorted(light.width.items())
-    return {
-        f"depth{light.depth}": Plan(depth=light.depth),
-        f"width50@{merge_at}": Plan(width={merge_at: target}),
-        f"depth{light.depth}+width50@{merge_at}": light,
-    }
+    plans = {f"depth{light.depth}": Plan(depth=light.depth)}
+    if light.width:  # a model too shallow for the light plan to merge measures depth alone
+        (merge_at, target), *_ = sorted(light.width.items())
+        plans[f"width50@{merge_at}"] = Plan(width={merge_at: target})
+        plans[f"depth{light.depth}+width50@{merge_at}"] = light
+    return plans
 
 
 def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Best of `repeats` runs: on a shared 2-core machine interference only ever adds time."""
+    """Best of `repeats` runs: on a shared 2-core machine interference only ever adds time.
+    CUDA work is waited for before the clock stops."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def _model(backbone: str, model_dir: str | None, device: torch.device) -> MatryoshkaModel:
+    """The model to measure, in fp32 on `device`: a checkpoint directory's, or the backbone with heads."""
+    if model_dir is not None:
+        return load_checkpoint(model_dir, device=device)
+    loaded = load_backbone(backbone, torch.float32)
+    loaded.model.to(device)
+    return MatryoshkaModel.from_backbone(loaded, scoring="heads")
 
 
 def run(
@@ -91,10 +105,14 @@ def run(
     tokens: int = 256,
     repeats: int = 3,
     dtypes: tuple[str, ...] = ("fp32", "bf16"),
+    *,
+    device: str = "cpu",
+    model_dir: str | None = None,
 ) -> dict[str, Any]:
     """Measure and return the figures (see module docstring)."""
-    loaded = load_backbone(backbone, torch.float32)
-    model = MatryoshkaModel.from_backbone(loaded, scoring="heads")
+    where = torch.device(device)
+    model = _model(backbone, model_dir, where)
+    hf: Any = model.backbone.hf_model
     rng = random.Random(0)
     query = "how does early exit save compute in a re-ranking model"
     texts = [" ".join(rng.choice(WORDS) for _ in range(tokens * 2)) for _ in range(pairs)]
@@ -102,19 +120,20 @@ def run(
     truncation = Truncation(max_query_tokens=64, max_passage_tokens=tokens - overhead)
     encoded = model.encode(query, texts, truncation)
     assert {len(p.input_ids) for p in encoded} == {tokens}, "every row must be exactly `tokens` long"
-    input_ids = torch.tensor([p.input_ids for p in encoded])
+    input_ids = torch.tensor([p.input_ids for p in encoded], device=where)
     mask = torch.ones_like(input_ids)
-    inner = loaded.model.get_decoder() if model.backbone.family == "decoder" else loaded.model
+    inner = hf.get_decoder() if model.backbone.family == "decoder" else hf
     out: dict[str, Any] = {
-        "model": backbone,
+        "model": model.info.name,
+        "device": str(where),
         "pairs": pairs,
         "tokens": tokens,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
     }
     for name in dtypes:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
-        loaded.model.to(dtype)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        hf.to(dtype)
         model.scorer.to(torch.float32)
         executor = Executor(model, max_batch_rows=pairs, max_batch_tokens=pairs * tokens)
 
@@ -149,5 +168,5 @@ def run(
                 "flops_saved": usage.flops_saved,
             }
         out[name] = figures
-    loaded.model.to(torch.float32)
+    hf.to(torch.float32)
     return out

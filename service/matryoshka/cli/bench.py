@@ -19,19 +19,29 @@ def bench_engine(
     pairs: Annotated[int, typer.Option(help="Pairs per batch.")] = 32,
     tokens: Annotated[int, typer.Option(help="Tokens per pair.")] = 256,
     repeats: Annotated[int, typer.Option(help="Timed repeats (median).")] = 3,
-    dtypes: Annotated[str, typer.Option(help="Comma-separated: fp32,bf16.")] = "fp32,bf16",
+    dtypes: Annotated[str, typer.Option(help="Comma-separated: fp32,bf16,fp16.")] = "fp32,bf16",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    model_dir: Annotated[
+        str | None, typer.Option(help="Measure a re-ranker checkpoint directory instead (docs/models.md).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Plain HF forward vs the engine at full depth, then depth/width cuts, in one run."""
     from matryoshka.bench.engine import run
 
     figures = run(
-        backbone(model), pairs, tokens, repeats, tuple(d.strip() for d in dtypes.split(",") if d.strip())
+        backbone(model),
+        pairs,
+        tokens,
+        repeats,
+        tuple(d.strip() for d in dtypes.split(",") if d.strip()),
+        device=device,
+        model_dir=model_dir,
     )
     if as_json:
         typer.echo(json.dumps(figures, indent=2))
         return
-    for dtype in ("fp32", "bf16"):
+    for dtype in ("fp32", "bf16", "fp16"):
         if dtype not in figures:
             continue
         f = figures[dtype]

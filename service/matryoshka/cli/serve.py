@@ -16,11 +16,17 @@ def serve(
     artifact: Annotated[
         str | None, typer.Option(help="Trained artifact dir (default: the shipped one).")
     ] = None,
+    model_dir: Annotated[
+        str | None, typer.Option(help="Hugging Face-format re-ranker checkpoint dir (docs/models.md).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
 ) -> None:
     """Serve matryoshka.v1.RerankService (settings also from MATRYOSHKA_* environment variables)."""
     import asyncio
     import logging
 
+    from matryoshka.cli.common import fail
+    from matryoshka.engine.reranker import UnsupportedCheckpointError
     from matryoshka.server.app import serve as run_server
     from matryoshka.server.settings import Settings
 
@@ -32,6 +38,11 @@ def serve(
         "model": model,
         "dtype": dtype,
         "artifact": artifact,
+        "model_dir": model_dir,
+        "device": device,
     }
     settings = Settings.model_validate({k: v for k, v in flags.items() if v is not None})
-    asyncio.run(run_server(settings))
+    try:
+        asyncio.run(run_server(settings))
+    except UnsupportedCheckpointError as exc:
+        fail(f"cannot serve {settings.model_dir}: {exc}", cause=exc)

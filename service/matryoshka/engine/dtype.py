@@ -11,7 +11,15 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,  # GPUs
+    "fp16": torch.float16,
+}
+NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 PROBE_SHAPE = (1024, 576, 1536)  # tokens x hidden x MLP width: one SmolLM2 MLP projection over a bucket
 
@@ -20,7 +28,7 @@ PROBE_SHAPE = (1024, 576, 1536)  # tokens x hidden x MLP width: one SmolLM2 MLP 
 class DtypeChoice:
     """The chosen dtype and the evidence it was chosen on."""
 
-    name: str  # "float32" or "bfloat16"
+    name: str  # "float32", "bfloat16" or "float16"
     reason: str
     fp32_gflops: float | None = None
     bf16_gflops: float | None = None
@@ -56,8 +64,7 @@ def choose_dtype(setting: str, device: str = "cpu", margin: float = 1.15) -> Dty
     if setting != "auto":
         if setting not in DTYPES:
             raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {setting!r}")
-        name = "float32" if DTYPES[setting] == torch.float32 else "bfloat16"
-        return DtypeChoice(name, "set explicitly")
+        return DtypeChoice(NAMES[DTYPES[setting]], "set explicitly")
     if device != "cpu":
         return DtypeChoice("bfloat16", f"auto: {device} runs bf16 natively")
     flags = cpu_bf16_flags()

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
 
 from matryoshka.engine import policy
 from matryoshka.engine.cost import FlopCounter, LatencyModel
@@ -24,8 +23,8 @@ from matryoshka.engine.job import EngineError, Job, JobFailedError, JobResult, O
 from matryoshka.engine.jobrun import Bucket, JobRun, Limits, StageListener
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import EncodedPair
-from matryoshka.model.state import LayerState, Segment
-from matryoshka.model.width import WidthTarget, apply_merge, plan_merge
+from matryoshka.model.state import Segment
+from matryoshka.model.width import merge_rows
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +182,15 @@ class Executor:
         backbone = self.model.backbone
         tick = time.perf_counter()
         target = run.job.plan.width.get(layer)
-        attention = backbone.anchor_attention(layer, bucket.state) if target is not None else None
+        uniform = self.model.uniform_width  # a trained compressor's windows need no attention
+        merging = target is not None
+        attention = backbone.anchor_attention(layer, bucket.state) if merging and not uniform else None
         lengths = bucket.state.lengths.cpu()
         flops = self.flops.layer(lengths)
         state = backbone.forward_layer(layer, bucket.state)
-        if attention is not None and target is not None:
+        if merging:
             flops += float(self.flops.merge_rows(lengths).sum())
-            state = _merge(state, attention, target)
+            state = merge_rows(state, attention, [target] * state.batch_size, uniform=uniform)
         index = next(i for i, b in enumerate(run.buckets) if b is bucket)
         run.buckets[index] = Bucket(state, bucket.rows)
         run.usage.layer_tokens += int(lengths.sum())
@@ -230,13 +231,6 @@ class Executor:
             run.stop_for_budget()
         if run.listener is not None:
             run.listener(layer, run.outcomes())
-
-
-def _merge(state: LayerState, attention: Tensor, target: WidthTarget) -> LayerState:
-    merge = plan_merge(state, attention, target.passage_targets(state))
-    if bool((merge.new_lengths == state.lengths).all()):
-        return state
-    return apply_merge(state, merge)
 
 
 def _indexed(on_stage: StageCallback | None, index: int) -> StageListener | None:

@@ -12,12 +12,16 @@ from typing import Literal
 import torch
 
 from matryoshka.engine.cost import LatencyModel, Usage
-from matryoshka.engine.dtype import DTYPES, DtypeChoice, choose_dtype
+from matryoshka.engine.dtype import DTYPES, NAMES, DtypeChoice, choose_dtype
 from matryoshka.engine.executor import Executor
 from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
 from matryoshka.engine.plan import Plan
 from matryoshka.model.artifact import load_artifact, read_manifest, shipped_artifact
+from matryoshka.model.checkpoint import (
+    UnsupportedCheckpointError as UnsupportedCheckpointError,  # re-exported: the CLI never imports model/
+)
+from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.model.loading import BACKBONES, load_backbone
 from matryoshka.model.loading import DEFAULT_BACKBONE as DEFAULT_BACKBONE  # re-exported for callers
 from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo, Scoring
@@ -70,8 +74,7 @@ class Reranker:
 
     def __init__(self, model: MatryoshkaModel, *, max_batch_rows: int = 64, max_batch_tokens: int = 16384):
         self.model = model
-        name = "bfloat16" if model.backbone.dtype == torch.bfloat16 else "float32"
-        self.dtype: DtypeChoice = DtypeChoice(name, "as loaded")
+        self.dtype: DtypeChoice = DtypeChoice(NAMES[model.backbone.dtype], "as loaded")
         self.executor = Executor(
             model, max_batch_rows=max_batch_rows, max_batch_tokens=max_batch_tokens, latency=LatencyModel()
         )
@@ -86,17 +89,19 @@ class Reranker:
         head_layers: Sequence[int] | None = None,
         threads: int | None = None,
         artifact: str | Path | None = None,
+        device: str = "cpu",
     ) -> Reranker:
         """Load a packaged backbone offline with its trained artifact; `dtype="auto"` probes the CPU.
 
         `artifact` names an artifact directory; without one, the artifact shipped for `name` is used
         when there is one and no `scoring` is asked for. Otherwise decoders score zero-shot by query
         likelihood and encoders by (untrained) heads; `scoring="heads"` gives untrained heads.
+        `device` is "cpu", "cuda" or "cuda:N".
         """
         if threads is not None:
             torch.set_num_threads(threads)
-        choice = choose_dtype(dtype)
-        reranker = cls._load(name, DTYPES[choice.name], scoring, head_layers, artifact)
+        choice = choose_dtype(dtype, device)
+        reranker = cls._load(name, DTYPES[choice.name], scoring, head_layers, artifact, device)
         reranker.dtype = choice
         return reranker
 
@@ -108,6 +113,7 @@ class Reranker:
         scoring: Scoring | None,
         head_layers: Sequence[int] | None,
         artifact: str | Path | None,
+        device: str,
     ) -> Reranker:
         if artifact is None and scoring is None:
             artifact = shipped_artifact(name)
@@ -118,11 +124,33 @@ class Reranker:
                 raise ValueError(f"{path} was trained on {manifest['backbone']['name']}, not {name}")
             if scoring is not None and scoring != manifest["scoring"]:
                 raise ValueError(f"{path} scores by {manifest['scoring']}, not {scoring}")
-            return cls(load_artifact(path, dtype=dtype))
+            return cls(load_artifact(path, dtype=dtype).to(torch.device(device)))
         loaded = load_backbone(name, dtype)
+        loaded.model.to(torch.device(device))
         if scoring is None:
             scoring = "query_likelihood" if BACKBONES[name].family == "decoder" else "heads"
         return cls(MatryoshkaModel.from_backbone(loaded, scoring=scoring, head_layers=head_layers))
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        model_dir: str | Path,
+        *,
+        name: str | None = None,
+        dtype: str = "bfloat16",
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> Reranker:
+        """Serve a published re-ranker checkpoint directory (docs/models.md) with its own heads.
+
+        `name` defaults to the directory's name; `device` is "cpu", "cuda" or "cuda:N".
+        """
+        if threads is not None:
+            torch.set_num_threads(threads)
+        choice = choose_dtype(dtype, device)
+        reranker = cls(load_checkpoint(model_dir, name=name, dtype=DTYPES[choice.name], device=device))
+        reranker.dtype = choice
+        return reranker
 
     @property
     def info(self) -> ModelInfo:

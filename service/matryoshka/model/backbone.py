@@ -13,15 +13,23 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.masking_utils import (
+    create_bidirectional_mask,
+    create_causal_mask,
+    create_sliding_window_causal_mask,
+)
 
 from matryoshka.model.state import LayerState
 
 Family = Literal["decoder", "encoder"]
 
 # Decoder families whose modules share the Llama layout (embed_tokens, layers, norm, rotary_emb).
-DECODER_TYPES = frozenset({"llama", "qwen2", "mistral"})
-ENCODER_TYPES = frozenset({"bert"})
+# Gemma scales its embeddings inside embed_tokens; Gemma 2 alternates sliding and full attention
+# layers and soft-caps attention logits; Qwen 3 normalises q and k per head.
+DECODER_TYPES = frozenset({"llama", "qwen2", "mistral", "gemma", "gemma2", "qwen3"})
+ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta"})
+# RoBERTa-style embeddings number real tokens from pad_token_id + 1.
+OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta"})
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -115,7 +123,7 @@ class Backbone(nn.Module):
 
 
 class DecoderBackbone(Backbone):
-    """Llama-family causal LM (SmolLM2, Llama, Qwen2, Mistral within its sliding window)."""
+    """Llama-layout causal LM (SmolLM2, Llama, Qwen2/3, Gemma 1/2, Mistral within its sliding window)."""
 
     family: Family = "decoder"
 
@@ -128,6 +136,9 @@ class DecoderBackbone(Backbone):
         self.rotary_emb: Any = inner.rotary_emb
         self.lm_head: Any = hf_model.get_output_embeddings()
         self.num_kv_heads = int(getattr(self.config, "num_key_value_heads", None) or self.num_heads)
+        types = getattr(self.config, "layer_types", None)
+        self.layer_types: tuple[str, ...] = tuple(types or ("full_attention",) * self.num_layers)
+        self.attn_softcap: float | None = getattr(self.config, "attn_logit_softcapping", None)
 
     def layer_module(self, layer: int) -> nn.Module:
         return self.layers[layer - 1]  # type: ignore[no-any-return]
@@ -138,22 +149,25 @@ class DecoderBackbone(Backbone):
             hidden=hidden, mask=mask, segments=segments, token_ids=input_ids.masked_fill(~mask, -1), layer=0
         )
 
-    def _aux(self, state: LayerState) -> tuple[Tensor | None, tuple[Tensor, Tensor]]:
-        if "mask4d" not in state.aux:
-            positions = state.positions
-            state.aux["mask4d"] = create_causal_mask(
+    def _aux(self, state: LayerState, layer: int) -> tuple[Tensor | None, tuple[Tensor, Tensor]]:
+        """The attention mask of `layer`'s type and the rotary tables, built once per state shape."""
+        kind = self.layer_types[layer - 1]
+        if "rope" not in state.aux:
+            state.aux["rope"] = self.rotary_emb(state.hidden, position_ids=state.positions)
+        if kind not in state.aux:
+            build = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
+            state.aux[kind] = build(
                 config=self.config,
                 inputs_embeds=state.hidden,
                 attention_mask=state.mask.long(),
-                past_key_values=None,
-                position_ids=positions,
+                past_key_values=None,  # `cache` from 5.24 on; this name works across >=5.23,<5.40
+                position_ids=state.positions,
             )
-            state.aux["rope"] = self.rotary_emb(state.hidden, position_ids=positions)
-        return state.aux["mask4d"], state.aux["rope"]
+        return state.aux[kind], state.aux["rope"]
 
     def forward_layer(self, layer: int, state: LayerState) -> LayerState:
         self._enter(layer, state)
-        mask4d, rope = self._aux(state)
+        mask4d, rope = self._aux(state, layer)
         hidden = self.layers[layer - 1](
             state.hidden, attention_mask=mask4d, position_ids=state.positions, position_embeddings=rope
         )
@@ -166,19 +180,26 @@ class DecoderBackbone(Backbone):
         self._enter(layer, state)
         block: Any = self.layers[layer - 1]
         attn = block.self_attn
-        _, (cos, sin) = self._aux(state)
+        _, (cos, sin) = self._aux(state, layer)
         batch, length, _ = state.hidden.shape
         rows = torch.arange(batch, device=state.hidden.device)
         anchor = self.anchor_index(state)
         normed = block.input_layernorm(state.hidden)
         q = attn.q_proj(normed[rows, anchor]).view(batch, self.num_heads, self.head_dim)
         k = attn.k_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim)
+        if hasattr(attn, "q_norm"):  # Qwen 3: RMS norm over each head's q and k before rotary
+            q, k = attn.q_norm(q), attn.k_norm(k)
         q = q * cos[rows, anchor].unsqueeze(1) + _rotate_half(q) * sin[rows, anchor].unsqueeze(1)
         k = k * cos.unsqueeze(2) + _rotate_half(k) * sin.unsqueeze(2)
         k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)  # (batch, length, heads, dim)
         scores = torch.einsum("bhd,blhd->bhl", q, k) * attn.scaling
-        causal = torch.arange(length, device=anchor.device).unsqueeze(0) <= anchor.unsqueeze(1)
-        return self._masked_softmax_mean(scores, state.mask & causal)
+        if self.attn_softcap is not None:  # Gemma 2
+            scores = torch.tanh(scores / self.attn_softcap) * self.attn_softcap
+        keys = torch.arange(length, device=anchor.device).unsqueeze(0)
+        allowed = keys <= anchor.unsqueeze(1)
+        if self.layer_types[layer - 1] == "sliding_attention":
+            allowed &= keys > anchor.unsqueeze(1) - int(self.config.sliding_window)
+        return self._masked_softmax_mean(scores, state.mask & allowed)
 
     def pooled(self, state: LayerState) -> Tensor:
         rows = torch.arange(state.batch_size, device=state.hidden.device)
@@ -186,7 +207,7 @@ class DecoderBackbone(Backbone):
 
 
 class EncoderBackbone(Backbone):
-    """BERT-style bidirectional encoder (MiniLM): the [CLS] token is the anchor."""
+    """BERT-style bidirectional encoder (MiniLM, RoBERTa, XLM-RoBERTa): the first token is the anchor."""
 
     family: Family = "encoder"
 
@@ -195,12 +216,16 @@ class EncoderBackbone(Backbone):
         encoder: Any = hf_model
         self.embeddings: Any = encoder.embeddings
         self.layers: Any = encoder.encoder.layer
+        offset = self.config.model_type in OFFSET_POSITION_TYPES
+        self.position_offset = int(self.config.pad_token_id) + 1 if offset else 0
 
     def layer_module(self, layer: int) -> nn.Module:
         return self.layers[layer - 1]  # type: ignore[no-any-return]
 
     def embed(self, input_ids: Tensor, mask: Tensor, segments: Tensor, token_types: Tensor) -> LayerState:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        positions = (
+            torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0) + self.position_offset
+        )
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_types, position_ids=positions)
         return LayerState(
             hidden=hidden, mask=mask, segments=segments, token_ids=input_ids.masked_fill(~mask, -1), layer=0

@@ -40,6 +40,7 @@ class ModelInfo:
     template_version: str
     fingerprint: str  # backbone weights sha256, or sha256(backbone sha : artifact hash) with an artifact
     calibration_version: str
+    merge_ratios: tuple[float, ...] = ()  # width ratios the model was trained to compress by
 
 
 def make_template(name: str, tokenizer: Any, backbone: Backbone) -> PromptTemplate:
@@ -77,6 +78,10 @@ class MatryoshkaModel(nn.Module):
         self.backbone_sha256 = fingerprint
         self.artifact_hash: str | None = None  # set when trained heads/adapters are loaded
         self.calibration_version = calibration_version
+        # A checkpoint trained with its own token compression (lightweight re-rankers) merges in
+        # uniform windows at the ratios it was trained for (model/width.py).
+        self.uniform_width = False
+        self.merge_ratios: tuple[float, ...] = ()
         self.eval()
 
     @classmethod
@@ -157,6 +162,7 @@ class MatryoshkaModel(nn.Module):
             template_version=self.template.version,
             fingerprint=self.fingerprint,
             calibration_version=self.calibration_version,
+            merge_ratios=self.merge_ratios,
         )
 
     def encode(self, query: str, passages: list[str], truncation: Truncation) -> list[EncodedPair]:

@@ -6,11 +6,16 @@ token's attention renormalised within its window. Only the lowest-importance win
 and the last one chosen merges only as many tokens as are still needed, so any length is reached
 exactly. Query and prompt tokens are never
 merged. The merged state is right-padded again and positions restart at 0 (LayerState.positions).
+
+Checkpoints trained with their own compression (the lightweight re-rankers) pool instead with
+`uniform` windows: every run of k passage tokens from the first one becomes its plain mean, the last
+window taking what is left, k being an integral ratio itself (else the window that meets the target).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +100,62 @@ def plan_merge(state: LayerState, attention: Tensor, passage_target: Tensor) -> 
     pooled = torch.where(window_attn > 0, attn / window_attn.clamp(min=1e-30), 1.0 / window_size)
     weight = torch.where(merged, pooled, 1.0) * state.mask
     return Merge(group=group, weight=weight, new_lengths=starts.sum(dim=1))
+
+
+def plan_uniform_merge(state: LayerState, windows: Tensor) -> Merge:
+    """Pool every run of `windows[row]` passage tokens into its mean (1 = keep the row as it is)."""
+    length = state.mask.shape[1]
+    is_passage = state.segments == Segment.PASSAGE
+    n_passage = is_passage.sum(dim=1, keepdim=True)
+    positions = torch.arange(length, device=state.mask.device).unsqueeze(0)
+    first = torch.where(is_passage, positions, length).min(dim=1, keepdim=True).values
+    rel = (positions - first).clamp(min=0)
+    k = windows.to(state.mask.device).long().clamp(min=1).unsqueeze(1)
+    starts = state.mask & (~is_passage | (rel % k == 0))
+    size = torch.minimum(k, n_passage - (rel // k) * k).clamp(min=1)
+    weight = torch.where(is_passage, 1.0 / size.float(), 1.0) * state.mask
+    group = torch.where(state.mask, starts.long().cumsum(dim=1) - 1, -1)
+    return Merge(group=group, weight=weight, new_lengths=starts.sum(dim=1))
+
+
+def uniform_windows(state: LayerState, targets: Sequence[WidthTarget | None]) -> Tensor:
+    """(batch,) window per row: an integral ratio itself, otherwise the window that meets the target."""
+    passage = (state.segments == Segment.PASSAGE).sum(dim=1)
+    windows = torch.ones_like(passage)
+    for i, target in enumerate(targets):
+        if target is None:
+            continue
+        if target.ratio is not None and float(target.ratio).is_integer():
+            windows[i] = int(target.ratio)
+        else:
+            wanted = target.passage_targets(state)[i]
+            windows[i] = torch.ceil(passage[i] / wanted.clamp(min=1)).long()
+    return windows
+
+
+def merge_rows(
+    state: LayerState,
+    attention: Tensor | None,
+    targets: Sequence[WidthTarget | None],
+    *,
+    uniform: bool = False,
+) -> LayerState:
+    """Compress each row to its own target (None keeps it): importance-aware merging from the anchor's
+    `attention`, or a trained compressor's `uniform` windows (which need no attention)."""
+    if uniform:
+        merge = plan_uniform_merge(state, uniform_windows(state, targets))
+    else:
+        if attention is None:
+            raise ValueError("importance-aware merging needs the anchor's attention row")
+        passage = (state.segments == Segment.PASSAGE).sum(dim=1)
+        wanted = passage.clone()
+        for target in {t for t in targets if t is not None}:
+            rows = torch.tensor([t == target for t in targets], device=passage.device)
+            wanted = torch.where(rows, target.passage_targets(state), wanted)
+        merge = plan_merge(state, attention, wanted)
+    if bool((merge.new_lengths == state.lengths).all()):
+        return state
+    return apply_merge(state, merge)
 
 
 def apply_merge(state: LayerState, merge: Merge) -> LayerState:

@@ -46,6 +46,27 @@ class Running:
         await asyncio.to_thread(self.scheduler.close)
 
 
+def load_engine(settings: Settings) -> Reranker:
+    """The configured model: a checkpoint directory (named by `model` if given) or a packaged backbone."""
+    if settings.model_dir is not None:
+        name = settings.model if "model" in settings.model_fields_set else None
+        return Reranker.from_checkpoint(
+            settings.model_dir,
+            name=name,
+            dtype=settings.dtype,
+            device=settings.device,
+            threads=settings.threads,
+        )
+    return Reranker.load(
+        settings.model,
+        dtype=settings.dtype,
+        scoring=settings.scoring,
+        threads=settings.threads,
+        artifact=settings.artifact,
+        device=settings.device,
+    )
+
+
 async def start(settings: Settings, reranker: Reranker | None = None) -> Running:
     """Bind the port (NOT_SERVING), load and warm the model, then report SERVING."""
     server = build_server(settings)
@@ -81,17 +102,12 @@ async def start(settings: Settings, reranker: Reranker | None = None) -> Running
         "plaintext" if credentials is None else ("mTLS" if settings.tls_client_ca else "TLS"),
     )
 
-    engine = reranker
-    if engine is None:
-        engine = await asyncio.to_thread(
-            Reranker.load,
-            settings.model,
-            dtype=settings.dtype,
-            scoring=settings.scoring,
-            threads=settings.threads,
-            artifact=settings.artifact,
-        )
-    await asyncio.to_thread(engine.warmup)
+    try:
+        engine = reranker if reranker is not None else await asyncio.to_thread(load_engine, settings)
+        await asyncio.to_thread(engine.warmup)
+    except BaseException:
+        await server.stop(0)  # a model that cannot load leaves no half-started server behind
+        raise
     engine.executor.max_batch_rows = settings.max_batch_rows
     engine.executor.max_batch_tokens = settings.max_batch_tokens
     engine.executor.max_step_tokens = settings.max_step_tokens

@@ -20,7 +20,7 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, description="Prometheus /metrics port; off if unset"
     )
     model: str = Field("smollm2-135m", description="Backbone served as the default model")
-    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
         "auto", description="auto: bf16 only where a start-up matmul probe finds it faster than fp32"
     )
     scoring: Literal["heads", "query_likelihood"] | None = Field(None, description="default: by model family")
@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     max_inflight_tokens: int = Field(
         262144, ge=1024, description="Input tokens admitted at once (bounds layer-state memory)"
     )
+
+    model_dir: str | None = Field(
+        None, description="Hugging Face-format re-ranker checkpoint served as `model` (docs/models.md)"
+    )
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Self:

@@ -302,6 +302,7 @@ def to_model_info(info: ModelInfo, settings: Settings, dtype: str = "") -> pb.Mo
         hidden_size=info.hidden_size,
         head_layers=list(info.head_layers),
         scoring=SCORINGS[info.scoring],
+        merge_ratios=list(info.merge_ratios),
         limits=pb.ModelLimits(
             max_documents=s.max_documents,
             max_request_bytes=s.max_request_bytes,
