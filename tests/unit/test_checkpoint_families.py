@@ -267,7 +267,7 @@ def test_from_checkpoint_names_the_model_after_its_directory(tmp_path: Path) -> 
     reranker = Reranker.from_checkpoint(checkpoints.qwen3(tmp_path / "my-qwen3"), dtype="float32")
     assert reranker.info.name == "my-qwen3"
     assert reranker.model.backbone.device == torch.device("cpu")
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(ValueError, match="dtype must be auto or one of"):
         Reranker.from_checkpoint(tmp_path / "my-qwen3", dtype="int8")
 
 

@@ -31,8 +31,9 @@ def test_explicit_and_gpu_settings_skip_the_probe(monkeypatch: pytest.MonkeyPatc
     assert choose_dtype("fp32").name == "float32"
     assert choose_dtype("bfloat16").name == "bfloat16"
     assert choose_dtype("auto", device="cuda").name == "bfloat16"
+    assert choose_dtype("fp16", device="cuda").name == "float16"  # published checkpoints on a GPU
     with pytest.raises(ValueError, match="auto"):
-        choose_dtype("float16")
+        choose_dtype("int8")
 
 
 def test_cpu_flags_are_read(tmp_path: Path) -> None:
