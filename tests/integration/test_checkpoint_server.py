@@ -43,8 +43,7 @@ def test_an_unsupported_directory_fails_with_a_clear_error(tmp_path: Path) -> No
     )
     server = launch(MATRYOSHKA_MODEL_DIR=str(tmp_path / "t5"))
     assert server.process.wait(120) == 2
-    assert server.process.stdout is not None
-    output = server.process.stdout.read()
+    output = server.output()
     assert "unsupported architecture ['T5ForConditionalGeneration']" in output
     assert "Gemma2ForCausalLM" in output
     assert "Traceback" not in output
