@@ -3,19 +3,20 @@
 Per layer: run the layer on every bucket (rows of similar length, padded to the bucket's longest),
 merge width where a row's plan says so, score at head layers, let each request's exit schedule
 decide, and remove exited rows so later layers really compute less. Rows resumed from a cached
-state join when the others reach their layer. Exiting rows can hand back their state for caching.
+state join when the others reach their layer; cached scores are replayed to the exit policy instead
+of scoring (an exit on one is a CACHE_HIT). Exiting rows can hand back their state and scores.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from matryoshka.engine.cost import FlopCounter, LatencyModel, Usage
+from matryoshka.engine.cost import FlopCounter, LatencyModel
 from matryoshka.engine.exits import ExitReason, ExitSchedule
 from matryoshka.engine.job import (
     BudgetExceededError,
@@ -24,11 +25,14 @@ from matryoshka.engine.job import (
     JobResult,
     Outcome,
     RequestCancelledError,
+    ScoredLayer,
 )
+from matryoshka.engine.job_run import JobRun
+from matryoshka.engine.replay import CacheLedger
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import EncodedPair
 from matryoshka.model.state import LayerState, RowState, Segment
-from matryoshka.model.width import apply_merge, plan_merge
+from matryoshka.model.width import merge_rows
 
 StageCallback = Callable[[int, int, list[Outcome]], None]  # (job index, layer, outcomes so far)
 
@@ -37,39 +41,6 @@ StageCallback = Callable[[int, int, list[Outcome]], None]  # (job index, layer, 
 class _Bucket:
     state: LayerState
     rows: Tensor  # (batch,) global row ids
-
-
-@dataclass
-class _JobRun:
-    job: Job
-    first: int  # global id of its first row
-    count: int
-    schedule: ExitSchedule
-    query_tokens: int
-    usage: Usage = field(default_factory=Usage)
-    started: float = field(default_factory=time.perf_counter)
-    scored_once: bool = False
-    partial: bool = False
-    error: EngineError | None = None
-    states: dict[int, RowState] = field(default_factory=dict)
-
-    @property
-    def rows(self) -> range:
-        return range(self.first, self.first + self.count)
-
-    def scores_at(self, layer: int, head_layers: tuple[int, ...]) -> bool:
-        """Score at the depth; earlier only at head layers where this job can act on a score: from
-        its first allowed exit on, or everywhere when a budget or deadline may need a partial answer."""
-        depth = self.schedule.depth
-        if layer == depth:
-            return True
-        if layer > depth or layer not in head_layers:
-            return False
-        if self.schedule.budget is not None:  # a budget or a deadline
-            return True
-        plan = self.job.plan
-        policies = [p for p in (plan.confidence, plan.cascade) if p is not None]
-        return bool(policies) and layer >= min(p.min_layer for p in policies)
 
 
 class Executor:
@@ -105,18 +76,23 @@ class _Run:
         self.model = ex.model
         self.head_layers = ex.model.scorer.head_layers
         self.on_stage = on_stage
-        self.runs: list[_JobRun] = []
+        self.runs: list[JobRun] = []
         fresh: list[tuple[int, EncodedPair]] = []
-        self.pending: dict[int, list[tuple[int, RowState]]] = {}
+        self.pending: dict[int, list[tuple[int, RowState | None]]] = {}  # None: cached scores only
+        self.ledger = CacheLedger()
         tokens: list[int] = []
         job_of: list[int] = []
         for j, job in enumerate(jobs):
             if job.plan.depth is None:
                 raise ValueError("jobs need resolved plans (Plan.resolve)")
-            pairs = self.model.encode(job.query, list(job.documents), job.truncation)
+            pairs = (
+                list(job.pairs)
+                if job.pairs is not None
+                else self.model.encode(job.query, list(job.documents), job.truncation)
+            )
             query_tokens = sum(s == Segment.QUERY for s in pairs[0].segments) if pairs else 0
             schedule = ExitSchedule(job.plan, job.deadline)
-            run = _JobRun(job, len(tokens), len(pairs), schedule, query_tokens)
+            run = JobRun(job, len(tokens), len(pairs), schedule, query_tokens)
             lengths = torch.tensor([len(p.input_ids) for p in pairs], dtype=torch.long)
             run.usage.full_flops = ex.flops.full(lengths, query_tokens)
             for index, pair in enumerate(pairs):
@@ -124,7 +100,11 @@ class _Run:
                 tokens.append(len(pair.input_ids))
                 job_of.append(j)
                 cached = job.resume.get(index)
-                if cached is None:
+                if index in job.cached_scores:
+                    self.ledger.add(row, job.cached_scores[index])
+                if cached is None and self.ledger.has(row, job.plan.depth):
+                    self.pending.setdefault(job.plan.depth, []).append((row, None))
+                elif cached is None:
                     fresh.append((row, pair))
                 elif cached.layer > job.plan.depth:
                     raise ValueError(
@@ -141,6 +121,8 @@ class _Run:
         self.exit_layer = torch.zeros(n, dtype=torch.long)
         self.reason: list[ExitReason | None] = [None] * n
         self.active = torch.ones(n, dtype=torch.bool)
+        self.row_flops = torch.zeros(n, dtype=torch.float64)  # per row, cached prefix included
+        self.history: list[dict[int, ScoredLayer]] = [{} for _ in range(n)]  # each row's scores so far
         self.buckets = self._embed(fresh)
 
     # -- batching -------------------------------------------------------------------------------
@@ -168,9 +150,11 @@ class _Run:
 
     def _join(self, layer: int) -> None:
         arrivals = self.pending.pop(layer, [])
-        rows = [(r, s) for r, s in arrivals if self.active[r]]
+        rows = [(r, s) for r, s in arrivals if s is not None and self.active[r]]
         if not rows:
             return
+        for r, s in rows:
+            self.row_flops[r] = self.ledger.resume(r, s.layer)
         rows.sort(key=lambda rs: -rs[1].length)
         lookup = dict(rows)
         device = self.model.backbone.device
@@ -240,7 +224,7 @@ class _Run:
                     run, BudgetExceededError(f"the budget ran out before the first head layer ({first})")
                 )
 
-    def _fail(self, run: _JobRun, error: EngineError) -> None:
+    def _fail(self, run: JobRun, error: EngineError) -> None:
         run.error = error
         self.active[run.first : run.first + run.count] = False
         self._compact()
@@ -258,27 +242,16 @@ class _Run:
             padded_flops += self.ex.flops.layer(torch.full_like(lengths, b.state.hidden.shape[1]))
             state = backbone.forward_layer(layer, b.state)
             if attention is not None:
-                merge_rows = torch.tensor([t is not None for t in targets])
-                row_flops += self.ex.flops.merge_rows(lengths) * merge_rows
-                state = self._merge(state, attention, targets)
+                merging_rows = torch.tensor([t is not None for t in targets])
+                row_flops += self.ex.flops.merge_rows(lengths) * merging_rows
+                state = merge_rows(state, attention, targets)
             self.buckets[i] = _Bucket(state, b.rows)
             self._charge(b.rows, lengths, row_flops)
         self.ex.latency.observe(padded_flops, time.perf_counter() - tick)
 
-    @staticmethod
-    def _merge(state: LayerState, attention: Tensor, targets: list) -> LayerState:  # type: ignore[type-arg]
-        passage = (state.segments == Segment.PASSAGE).sum(dim=1)
-        wanted = passage.clone()
-        for target in {t for t in targets if t is not None}:
-            rows = torch.tensor([t == target for t in targets], device=passage.device)
-            wanted = torch.where(rows, target.passage_targets(state), wanted)
-        merge = plan_merge(state, attention, wanted)
-        if bool((merge.new_lengths == state.lengths).all()):
-            return state
-        return apply_merge(state, merge)
-
     def _charge(self, rows: Tensor, lengths: Tensor, row_flops: Tensor) -> None:
         jobs = self.job_of[rows]
+        self.row_flops[rows] += row_flops
         for j in jobs.unique().tolist():
             sel = jobs == j
             usage = self.runs[j].usage
@@ -290,7 +263,13 @@ class _Run:
         scored_jobs: set[int] = set()
         for b in self.buckets:
             jobs = self.job_of[b.rows]
-            wants = torch.tensor([self.runs[j].scores_at(layer, self.head_layers) for j in jobs.tolist()])
+            wants = torch.tensor(
+                [
+                    self.runs[j].scores_at(layer, self.head_layers) and not self.ledger.has(r, layer)
+                    for j, r in zip(jobs.tolist(), b.rows.tolist(), strict=True)
+                ],
+                dtype=torch.bool,
+            )
             if not bool(wants.any()):
                 continue
             state = b.state if bool(wants.all()) else b.state.select(wants.nonzero().flatten())
@@ -302,20 +281,44 @@ class _Run:
             self.exit_layer[rows] = layer
             for j in jobs[wants].unique().tolist():
                 run = self.runs[j]
-                run.usage.flops += self.ex.flops.score(int((jobs[wants] == j).sum()), run.query_tokens)
+                mine = rows[jobs[wants] == j]
+                run.usage.flops += self.ex.flops.score(int(mine.numel()), run.query_tokens)
+                self.row_flops[mine] += self.ex.flops.score(1, run.query_tokens)
                 scored_jobs.add(j)
+            for r in rows.tolist():
+                self.history[r][layer] = ScoredLayer(float(self.logit[r]), float(self.row_flops[r]))
+        scored_jobs |= self._replay(layer)
         for j in sorted(scored_jobs):
             self._decide(self.runs[j], layer)
         if self.on_stage is not None:
             for j in sorted(scored_jobs):
                 self.on_stage(j, layer, self._outcomes(self.runs[j]))
 
-    def _decide(self, run: _JobRun, layer: int) -> None:
+    def _replay(self, layer: int) -> set[int]:
+        """Give active rows with a cached score at `layer` that score, where their job scores."""
+        rows = [
+            r
+            for r in self.ledger.rows_at(layer)
+            if bool(self.active[r]) and self.runs[int(self.job_of[r])].scores_at(layer, self.head_layers)
+        ]
+        if not rows:
+            return set()
+        for r in rows:
+            self.history[r][layer] = self.ledger.replay(r, layer)
+        logits = torch.tensor([self.history[r][layer].logit for r in rows], dtype=torch.float64)
+        probs = self.model.scorer.calibration.probability(layer, logits.to(self.model.backbone.device))
+        index = torch.tensor(rows, dtype=torch.long)
+        self.logit[index] = logits
+        self.prob[index] = probs.double().cpu()
+        self.exit_layer[index] = layer
+        return {int(self.job_of[r]) for r in rows}
+
+    def _decide(self, run: JobRun, layer: int) -> None:
         run.scored_once = True
         rows = torch.arange(run.first, run.first + run.count)
         active = self.active[rows]
         decisions = run.schedule.decide(layer, self.prob[rows], active)
-        still = active.clone()
+        still = active & ~self.prob[rows].isnan()  # a row never scored has nothing to answer with
         for i in decisions:
             still[i] = False
         guard = run.schedule.budget
@@ -327,12 +330,18 @@ class _Run:
                 run.partial = True
         for i, reason in decisions.items():
             row = run.first + i
-            self.reason[row] = reason
             self.active[row] = False
-            if run.job.keep_states:
-                run.states[i] = self._row_state(row)
+            hit = self.ledger.hit(row, layer)
+            if hit is not None and reason != ExitReason.BUDGET:
+                reason = ExitReason.CACHE_HIT
+                run.usage.cache_hits += 1
+                run.usage.cached_flops += hit.flops
+            elif run.job.keep_states and (state := self._row_state(row)) is not None:
+                run.states[i] = state
+                run.scores[i] = self.history[row]
+            self.reason[row] = reason
 
-    def _next_step_flops(self, run: _JobRun, layer: int, rows: Tensor) -> tuple[float, float]:
+    def _next_step_flops(self, run: JobRun, layer: int, rows: Tensor) -> tuple[float, float]:
         """FLOPs to bring `rows` (this job) and all active rows (the batch) to the job's next head."""
         upcoming = [h for h in self.head_layers if layer < h <= run.schedule.depth]
         steps = (upcoming[0] if upcoming else run.schedule.depth) - layer
@@ -348,16 +357,17 @@ class _Run:
         mine += self.ex.flops.score(len(own), run.query_tokens)
         return mine, everyone
 
-    def _row_state(self, row: int) -> RowState:
+    def _row_state(self, row: int) -> RowState | None:
+        """The row's state, or None for a row that never joined a bucket (answered from the cache)."""
         for b in self.buckets:
             hit = (b.rows == row).nonzero().flatten()
             if hit.numel():
                 return b.state.row(int(hit[0]))
-        raise KeyError(row)
+        return None
 
     # -- results --------------------------------------------------------------------------------
 
-    def _outcomes(self, run: _JobRun) -> list[Outcome]:
+    def _outcomes(self, run: JobRun) -> list[Outcome]:
         return [
             Outcome(
                 index=i,
@@ -370,13 +380,18 @@ class _Run:
             for i, row in enumerate(run.rows)
         ]
 
-    def _result(self, run: _JobRun) -> JobResult | EngineError:
+    def _result(self, run: JobRun) -> JobResult | EngineError:
         if run.error is not None:
             return run.error
+        for row in run.rows:
+            if row in self.ledger.resumed and self.reason[row] != ExitReason.CACHE_HIT:
+                run.usage.cache_resumed += 1
+                run.usage.cached_flops += self.ledger.resumed[row]
         return JobResult(
             outcomes=self._outcomes(run),
             usage=run.usage,
             partial=run.partial,
             states=run.states,
             compute_seconds=time.perf_counter() - run.started,
+            scores=run.scores,
         )

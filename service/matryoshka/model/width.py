@@ -133,3 +133,16 @@ def merge_width(state: LayerState, attention: Tensor, target: WidthTarget) -> La
     if bool((merge.new_lengths == state.lengths).all()):
         return state
     return apply_merge(state, merge)
+
+
+def merge_rows(state: LayerState, attention: Tensor, targets: list[WidthTarget | None]) -> LayerState:
+    """Compress each row to its own target (None: keep it as is) using the anchor's attention row."""
+    passage = (state.segments == Segment.PASSAGE).sum(dim=1)
+    wanted = passage.clone()
+    for target in {t for t in targets if t is not None}:
+        rows = torch.tensor([t == target for t in targets], device=passage.device)
+        wanted = torch.where(rows, target.passage_targets(state), wanted)
+    merge = plan_merge(state, attention, wanted)
+    if bool((merge.new_lengths == state.lengths).all()):
+        return state
+    return apply_merge(state, merge)
