@@ -134,16 +134,17 @@ def test_a_short_deadline_returns_partial_results(heads_server: ServerProcess) -
 
     The batch is sized to this machine so that one layer takes a small part of the deadline (the
     first head is reached well before it) while all 30 layers take much longer than the deadline.
+    The cache is bypassed: the probes repeat documents, and a cache hit would need no time at all.
     """
     short = Truncation(max_document_tokens=24)
     with RerankClient(heads_server.target) as client:
         for count in (16, 8, 4):
             documents = [f"{i} {LONG_DOC}" for i in range(count)]
-            full = client.rerank(QUERY, documents, truncation=short, timeout=120)
+            full = client.rerank(QUERY, documents, truncation=short, timeout=120, cache_mode="bypass")
             if full.timing.compute_seconds / 30 < 0.06:
                 break
         assert full.timing.compute_seconds > 0.6, "the full request must need longer than the deadline"
-        quick = client.rerank(QUERY, documents, truncation=short, timeout=0.3)
+        quick = client.rerank(QUERY, documents, truncation=short, timeout=0.3, cache_mode="bypass")
     assert quick.partial
     assert len(quick.results) == len(documents)
     assert all(d.exit_reason == "budget" for d in quick.results)
@@ -165,7 +166,7 @@ def test_cancellation_frees_the_engine(heads_server: ServerProcess) -> None:
         elapsed = time.monotonic() - started
     assert len(small.results) == 1
     with RerankClient(heads_server.target) as client:
-        full = client.rerank(QUERY, documents[:8], depth=30, timeout=300)
+        full = client.rerank(QUERY, documents[:8], depth=30, timeout=300, cache_mode="bypass")
     # the whole 48-document request would take ~6x the 8-document one; cancelled, it stopped early
     assert elapsed < 6 * full.timing.compute_seconds
 
