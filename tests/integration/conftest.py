@@ -137,6 +137,8 @@ class RedisProcess:
                 "",
                 "--appendonly",
                 "no",
+                "--enable-debug-command",  # DEBUG SLEEP plays a slow Redis
+                "local",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
