@@ -78,3 +78,27 @@ def test_no_redis_at_all_is_a_quick_bypass() -> None:
 def test_only_redis_urls_are_accepted(url: str) -> None:
     with pytest.raises(ValueError, match="redis://"):
         RedisStore(url)
+
+
+def test_a_full_redis_refuses_writes_but_keeps_serving_reads(redis_server: RedisProcess) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.set("t:{z}:old", b"kept")
+    errors: list[str] = []
+
+    async def go() -> tuple[list[bytes | None], bool]:
+        store = RedisStore(redis_server.url, on_error=errors.append)
+        await store.aset_many([("t:{z}:new", b"x" * 1000)])
+        got = await store.aget_many(["t:{z}:old", "t:{z}:new"])
+        available = store.available
+        await store.close()
+        return got, available
+
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        got, available = asyncio.run(go())
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert got == [b"kept", None]
+    assert available
+    assert errors == ["set"]

@@ -12,12 +12,13 @@ from collections.abc import Callable, Sequence
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger("matryoshka.cache")
 
 LARGE_GET_SECONDS = 2e-3  # extra time allowed per hidden state fetched (~0.5 MB each)
 SECONDS_PER_BYTE = 4e-9  # extra time allowed per byte written (250 MB/s)
+WRITE_TIMEOUT_FACTOR = 10  # write-backs run after the answer is sent: they may take longer than reads
 ErrorHook = Callable[[str], None]  # called with the operation ("get" / "set") that failed
 
 
@@ -42,6 +43,7 @@ class RedisStore:
         self.on_error = on_error
         self._down_until = 0.0
         self._down = False
+        self._refusal_logged = False
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -78,7 +80,12 @@ class RedisStore:
             pipe.set(key, value, ex=self.ttl_seconds)
         size = sum(len(v) for _, v in items)
         try:
-            await asyncio.wait_for(pipe.execute(), self.timeout + size * SECONDS_PER_BYTE)
+            await asyncio.wait_for(
+                pipe.execute(), WRITE_TIMEOUT_FACTOR * self.timeout + size * SECONDS_PER_BYTE
+            )
+        except ResponseError as exc:  # Redis refused (full: maxmemory with noeviction): keep reading
+            self._refused(exc)
+            return
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("set", exc)
             return
@@ -101,6 +108,13 @@ class RedisStore:
                 exc,
                 self.retry_seconds,
             )
+
+    def _refused(self, exc: ResponseError) -> None:
+        if self.on_error is not None:
+            self.on_error("set")
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            log.warning("cache: Redis refused a write (%s); entries are not stored while it does", exc)
 
     def _ok(self) -> None:
         if self._down:
