@@ -17,10 +17,14 @@ from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.job import ScoredLayer
 from matryoshka.engine.plan import ConfidenceExit, Plan
 from matryoshka.engine.reranker import Reranker, RerankResult
-from matryoshka.model.matryoshka_model import MatryoshkaModel
+from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo
 from matryoshka.model.prompt import EncodedPair, Truncation
 from matryoshka.model.state import RowState
 from matryoshka.model.width import WidthTarget
+from matryoshka.server.settings import Settings
+from matryoshka.server.translate import to_call
+from matryoshka_client.convert import exit_reason_name, to_usage
+from matryoshka_client.proto import rerank_service_pb2 as pb
 from tests.conftest import PASSAGES
 
 QUERY = "what is the capital of france"
@@ -216,3 +220,21 @@ def test_the_memory_budget_evicts_old_queries_first(llama_model: MatryoshkaModel
         assert store.num_bytes <= store.max_bytes
     assert reranker.rerank(queries[-1], PASSAGES, Plan(depth=2)).usage.cache_hits == len(PASSAGES)
     assert reranker.rerank(queries[0], PASSAGES, Plan(depth=2)).usage.cache_hits == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "name"),
+    [
+        (pb.CACHE_MODE_UNSPECIFIED, "read_write"),
+        (pb.CACHE_MODE_READ_WRITE, "read_write"),
+        (pb.CACHE_MODE_READ_ONLY, "read_only"),
+        (pb.CACHE_MODE_BYPASS, "bypass"),
+    ],
+)
+def test_cache_mode_and_cache_usage_cross_the_wire(mode: int, name: str) -> None:
+    info = ModelInfo("m", "decoder", 4, 64, (1, 2, 3, 4), "heads", "1", "fp", "identity")
+    request = pb.RerankRequest(query="q", documents=[pb.Document(text="d")], cache_mode=mode)
+    assert to_call(request, {"m": info}, "m", Settings()).cache_mode == name
+    usage = to_usage(pb.Usage(cached_flops=5.0, cache_hits=3, cache_resumed=1))
+    assert (usage.cached_flops, usage.cache_hits, usage.cache_resumed) == (5.0, 3, 1)
+    assert exit_reason_name(pb.EXIT_REASON_CACHE_HIT) == "cache_hit"
