@@ -238,3 +238,11 @@ def test_cache_mode_and_cache_usage_cross_the_wire(mode: int, name: str) -> None
     usage = to_usage(pb.Usage(cached_flops=5.0, cache_hits=3, cache_resumed=1))
     assert (usage.cached_flops, usage.cache_hits, usage.cache_resumed) == (5.0, 3, 1)
     assert exit_reason_name(pb.EXIT_REASON_CACHE_HIT) == "cache_hit"
+
+
+def test_states_over_the_entry_size_cap_are_not_stored(llama_model: MatryoshkaModel) -> None:
+    store = MemoryStore()
+    reranker = Reranker(llama_model, cache=LayerCache(store, key_space(llama_model), max_entry_bytes=100))
+    reranker.rerank(QUERY, PASSAGES, Plan(depth=2))
+    assert len(store) == 0
+    assert reranker.rerank(QUERY, PASSAGES, Plan(depth=2)).usage.cache_hits == 0
