@@ -83,11 +83,14 @@ def test_sync_and_async_give_the_same_ranking(default_server: ServerProcess) -> 
 
 
 def test_top_n_scores_and_metadata(default_server: ServerProcess) -> None:
-    reranker = MatryoshkaPostprocessor(target=default_server.target, top_n=2, keep_retrieval_score=True)
+    """Computed (the cache bypassed): other tests on this server send the same documents."""
+    reranker = MatryoshkaPostprocessor(
+        target=default_server.target, top_n=2, keep_retrieval_score=True, cache_mode="bypass"
+    )
     nodes = retrieved()
     ranked = reranker.postprocess_nodes(nodes, QUERY)
     with RerankClient(default_server.target) as client:
-        direct = client.rerank(QUERY.query_str, DOCS, top_n=2)
+        direct = client.rerank(QUERY.query_str, DOCS, top_n=2, cache_mode="bypass")
     assert [n.node.node_id for n in ranked] == [f"d{d.index}" for d in direct.results]
     assert [n.score for n in ranked] == pytest.approx([d.score for d in direct.results], abs=1e-5)
     best = ranked[0].node.metadata

@@ -36,8 +36,9 @@ LONG_DOC = " ".join(["Rivers carry water from mountains to the sea through valle
 
 
 def test_rerank_ranks_the_answer_first(default_server: ServerProcess) -> None:
+    """Computed (the cache bypassed): other tests on this server send the same documents."""
     with RerankClient(default_server.target) as client:
-        result = client.rerank(QUERY, DOCS, request_id="r-1")
+        result = client.rerank(QUERY, DOCS, request_id="r-1", cache_mode="bypass")
     assert result.results[0].index == 2
     assert sorted(d.index for d in result.results) == [0, 1, 2, 3]
     assert all(d.exit_layer == 30 and d.exit_reason == "depth" for d in result.results)
@@ -68,7 +69,9 @@ def test_depth_and_width_cut_cost(default_server: ServerProcess) -> None:
 
 def test_stream_rerank_sends_stages_then_a_final_answer(heads_server: ServerProcess) -> None:
     with RerankClient(heads_server.target) as client:
-        stages = list(client.stream_rerank(QUERY, DOCS, depth=6, budget=Budget(max_flops=1e15)))
+        stages = list(  # computed (the cache bypassed): a cache hit would have no stages
+            client.stream_rerank(QUERY, DOCS, depth=6, budget=Budget(max_flops=1e15), cache_mode="bypass")
+        )
     assert len(stages) >= 2
     *progress, final = stages
     assert final.final
