@@ -83,11 +83,14 @@ def test_sync_and_async_give_the_same_ranking(default_server: ServerProcess) -> 
 
 
 def test_top_n_scores_and_metadata(default_server: ServerProcess) -> None:
-    reranker = MatryoshkaPostprocessor(target=default_server.target, top_n=2, keep_retrieval_score=True)
+    """Computed (the cache bypassed): other tests on this server send the same documents."""
+    reranker = MatryoshkaPostprocessor(
+        target=default_server.target, top_n=2, keep_retrieval_score=True, cache_mode="bypass"
+    )
     nodes = retrieved()
     ranked = reranker.postprocess_nodes(nodes, QUERY)
     with RerankClient(default_server.target) as client:
-        direct = client.rerank(QUERY.query_str, DOCS, top_n=2)
+        direct = client.rerank(QUERY.query_str, DOCS, top_n=2, cache_mode="bypass")
     assert [n.node.node_id for n in ranked] == [f"d{d.index}" for d in direct.results]
     assert [n.score for n in ranked] == pytest.approx([d.score for d in direct.results], abs=1e-5)
     best = ranked[0].node.metadata
@@ -146,10 +149,11 @@ def assert_partial(ranked: list[NodeWithScore]) -> None:
 
 
 def test_a_too_small_flop_budget_returns_the_partial_ranking(default_server: ServerProcess) -> None:
+    """The cache is bypassed: earlier tests cached these documents, and a cache hit costs nothing."""
     with RerankClient(default_server.target) as client:
-        full = client.rerank(QUERY.query_str, DOCS)
+        full = client.rerank(QUERY.query_str, DOCS, cache_mode="bypass")
     reranker = MatryoshkaPostprocessor(
-        target=default_server.target, top_n=4, budget_flops=full.usage.flops / 2
+        target=default_server.target, top_n=4, budget_flops=full.usage.flops / 2, cache_mode="bypass"
     )
     assert_partial(reranker.postprocess_nodes(retrieved(), QUERY))
     assert_partial(asyncio.run(reranker.apostprocess_nodes(retrieved(), QUERY)))
@@ -157,13 +161,14 @@ def test_a_too_small_flop_budget_returns_the_partial_ranking(default_server: Ser
 
 def test_a_too_small_time_budget_returns_the_partial_ranking(default_server: ServerProcess) -> None:
     """The first head (layer 15) comes at about half a full run's time: budgets just under a full run
-    (the first that the server cuts short) give the ranking so far, not an error."""
+    (the first that the server cuts short) give the ranking so far, not an error. The cache is
+    bypassed: these documents are cached by earlier tests, and a cache hit takes no time."""
     with RerankClient(default_server.target) as client:
-        full = client.rerank(QUERY.query_str, DOCS).timing.total_seconds
+        full = client.rerank(QUERY.query_str, DOCS, cache_mode="bypass").timing.total_seconds
     for fraction in (0.9, 0.8, 0.7):
         budget = timedelta(seconds=full * fraction)
         ranked = MatryoshkaPostprocessor(
-            target=default_server.target, top_n=4, budget=budget
+            target=default_server.target, top_n=4, budget=budget, cache_mode="bypass"
         ).postprocess_nodes(retrieved(), QUERY)
         if ranked[0].node.metadata["partial"]:
             break

@@ -46,6 +46,9 @@ def target(tiny_tokenizer: PreTrainedTokenizerFast) -> Iterator[str]:
 
 
 def call(target: str, documents: list[str], **options: object) -> RerankResult:
+    """One request, bypassing the layer-state cache: these tests repeat documents (LONG), and a cache
+    hit would answer at once instead of loading the engine."""
+    options.setdefault("cache_mode", "bypass")
     with RerankClient(target, timeout=60) as client:
         return client.rerank("the cat", documents, **options)  # type: ignore[arg-type]
 

@@ -36,8 +36,9 @@ LONG_DOC = " ".join(["Rivers carry water from mountains to the sea through valle
 
 
 def test_rerank_ranks_the_answer_first(default_server: ServerProcess) -> None:
+    """Computed (the cache bypassed): other tests on this server send the same documents."""
     with RerankClient(default_server.target) as client:
-        result = client.rerank(QUERY, DOCS, request_id="r-1")
+        result = client.rerank(QUERY, DOCS, request_id="r-1", cache_mode="bypass")
     assert result.results[0].index == 2
     assert sorted(d.index for d in result.results) == [0, 1, 2, 3]
     assert all(d.exit_layer == 30 and d.exit_reason == "depth" for d in result.results)
@@ -68,7 +69,9 @@ def test_depth_and_width_cut_cost(default_server: ServerProcess) -> None:
 
 def test_stream_rerank_sends_stages_then_a_final_answer(heads_server: ServerProcess) -> None:
     with RerankClient(heads_server.target) as client:
-        stages = list(client.stream_rerank(QUERY, DOCS, depth=6, budget=Budget(max_flops=1e15)))
+        stages = list(  # computed (the cache bypassed): a cache hit would have no stages
+            client.stream_rerank(QUERY, DOCS, depth=6, budget=Budget(max_flops=1e15), cache_mode="bypass")
+        )
     assert len(stages) >= 2
     *progress, final = stages
     assert final.final
@@ -136,16 +139,17 @@ def test_a_short_deadline_returns_partial_results(heads_server: ServerProcess) -
 
     The batch is sized to this machine so that one layer takes a small part of the deadline (the
     first head is reached well before it) while all 30 layers take much longer than the deadline.
+    The cache is bypassed: the probes repeat documents, and a cache hit would need no time at all.
     """
     short = Truncation(max_document_tokens=24)
     with RerankClient(heads_server.target) as client:
         for count in (16, 8, 4):
             documents = [f"{i} {LONG_DOC}" for i in range(count)]
-            full = client.rerank(QUERY, documents, truncation=short, timeout=120)
+            full = client.rerank(QUERY, documents, truncation=short, timeout=120, cache_mode="bypass")
             if full.timing.compute_seconds / 30 < 0.06:
                 break
         assert full.timing.compute_seconds > 0.6, "the full request must need longer than the deadline"
-        quick = client.rerank(QUERY, documents, truncation=short, timeout=0.3)
+        quick = client.rerank(QUERY, documents, truncation=short, timeout=0.3, cache_mode="bypass")
     assert quick.partial
     assert len(quick.results) == len(documents)
     assert all(d.exit_reason == "budget" for d in quick.results)
@@ -153,14 +157,17 @@ def test_a_short_deadline_returns_partial_results(heads_server: ServerProcess) -
 
 
 def test_cancellation_frees_the_engine(heads_server: ServerProcess) -> None:
-    """A cancelled 48-document request leaves the engine within a step, not when its run would end."""
+    """A cancelled 48-document request leaves the engine within a step, not when its run would end.
+    The cache is bypassed: the 48 documents repeat the 8 timed first, which would be cache hits."""
     documents = [f"{i} {LONG_DOC}" for i in range(48)]
     with RerankClient(heads_server.target) as client:
-        eight = client.rerank(QUERY, documents[:8], depth=30, timeout=300)
+        eight = client.rerank(QUERY, documents[:8], depth=30, timeout=300, cache_mode="bypass")
     whole_run = 6 * eight.timing.compute_seconds  # the 48-document request would take about this long
     with grpc.insecure_channel(heads_server.target) as channel:
         stub = pb_grpc.RerankServiceStub(channel)
-        request = pb.RerankRequest(query=QUERY, documents=[pb.Document(text=d) for d in documents])
+        request = pb.RerankRequest(
+            query=QUERY, documents=[pb.Document(text=d) for d in documents], cache_mode=pb.CACHE_MODE_BYPASS
+        )
         future = stub.Rerank.future(request, timeout=300)
         wait_for_gauge(heads_server, "matryoshka_queue_size", lambda v: v == 1)  # it is in the engine
         time.sleep(0.5)

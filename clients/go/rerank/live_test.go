@@ -8,6 +8,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	pb "github.com/matryoshka-rerank/matryoshka-rerank/clients/go/matryoshka/v1"
 )
 
 // These tests call a real server at $MATRYOSHKA_TARGET (tests/integration/test_clients.py sets it).
@@ -38,6 +40,7 @@ func TestLiveRerankRanksTheAnswerFirst(t *testing.T) {
 	req := NewRequest("who wrote romeo and juliet", liveDocs...)
 	req.Budget = LatencyBudget(60 * time.Second)
 	req.RequestId = "go-1"
+	req.CacheMode = pb.CacheMode_CACHE_MODE_BYPASS // computed, not a hit from an earlier test's request
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	resp, err := client.Rerank(ctx, req)

@@ -1,1 +1,2 @@
-"""Layer-state caching: the codec for row states (stores come with the service)."""
+"""The layer-state cache: keys, codecs, the in-process and Redis stores, and the caches the engine and
+the server use (docs/architecture.md, "Cache")."""

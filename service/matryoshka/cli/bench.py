@@ -107,3 +107,37 @@ def bench_load(
 
 def _s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.2f}s"
+
+
+@app.command("cache")
+def bench_cache(
+    model: ModelOpt = None,
+    data: Annotated[Path, typer.Option(help="BEIR collection the query and passages come from.")] = Path(
+        "../shared/data/trec-dl-2019"
+    ),
+    pairs: Annotated[int, typer.Option(help="Passages for the one query.")] = 32,
+    repeats: Annotated[int, typer.Option(help="Warm requests timed (median).")] = 5,
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float32.")] = "bfloat16",
+    redis_url: Annotated[
+        str | None, typer.Option(help="Also measure this Redis (redis://host:port/db).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Cold, warm and resumed requests through the layer-state cache, memory and Redis stores."""
+    from matryoshka.bench.cache import run
+    from matryoshka.engine.reranker import Reranker
+
+    reranker = Reranker.load(backbone(model), dtype=dtype)
+    reranker.warmup()
+    figures = run(reranker, data, pairs, repeats, redis_url)
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    for store in ("memory", "redis"):
+        if store in figures:
+            f = figures[store]
+            typer.echo(
+                f"{store}: cold {f['cold_s']:.3f}s, warm {f['warm_s']:.4f}s (x{f['warm_speedup']:.0f}),"
+                f" resume {f['resume_s']:.3f}s vs fresh full {f['fresh_full_s']:.3f}s"
+                f" (ratio {f['resume_cost_ratio']:.2f}), {f['bytes_per_pair'] / 1024:.0f} KiB per pair"
+            )

@@ -49,22 +49,31 @@ class FlopCounter:
 
 @dataclass
 class Usage:
-    """What a request cost: layer-tokens and FLOPs processed, against a full-depth run."""
+    """What a request cost: layer-tokens and FLOPs processed, against a full-depth run, and what the
+    layer-state cache stood in for (reported apart: a cache hit is not work saved by an early exit)."""
 
     layer_tokens: int = 0
     flops: float = 0.0
     full_flops: float = 0.0
+    cached_flops: float = 0.0  # FLOPs earlier requests spent on the cached layers reused here
+    cache_hits: int = 0  # documents answered from cached scores, no compute
+    cache_resumed: int = 0  # documents resumed from a cached layer state
 
     @property
     def flops_saved(self) -> float:
-        """Fraction of the full-depth FLOPs not spent (0 when nothing was to be done)."""
-        return 1.0 - self.flops / self.full_flops if self.full_flops > 0 else 0.0
+        """Fraction of the full-depth FLOPs not needed, counting cached work as spent (0 when nothing
+        was to be done)."""
+        spent = self.flops + self.cached_flops
+        return 1.0 - spent / self.full_flops if self.full_flops > 0 else 0.0
 
     def add(self, other: Usage) -> None:
         """Accumulate another usage into this one."""
         self.layer_tokens += other.layer_tokens
         self.flops += other.flops
         self.full_flops += other.full_flops
+        self.cached_flops += other.cached_flops
+        self.cache_hits += other.cache_hits
+        self.cache_resumed += other.cache_resumed
 
 
 class LatencyModel:

@@ -6,6 +6,9 @@ layers), lets the job's exit schedule decide, and drops exited rows so later lay
 Jobs join between steps and leave the moment their last row exits, so a step may hold jobs at
 different layers. Before each step every job is checked for cancellation and for whether its next
 head still fits its budget; a job that does not fit answers at once with what it has (BUDGET).
+Rows with cached scores (the layer-state cache) get them replayed to the exit schedule instead of
+being scored, so an exit on one is a CACHE_HIT; a row cached at the depth with no state to resume
+never runs at all. Rows resumed from a cached state join when their job reaches their layer.
 An exception while running one job's rows fails that job alone.
 """
 
@@ -19,6 +22,7 @@ import torch
 
 from matryoshka.engine import policy
 from matryoshka.engine.cost import FlopCounter, LatencyModel
+from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.job import EngineError, Job, JobFailedError, JobResult, Outcome, RequestCancelledError
 from matryoshka.engine.jobrun import Bucket, JobRun, Limits, StageListener
 from matryoshka.model.matryoshka_model import MatryoshkaModel
@@ -58,7 +62,10 @@ class Executor:
         return Limits(self.max_batch_rows, tokens)
 
     def encode(self, job: Job) -> list[EncodedPair]:
-        """Tokenise a job's pairs (done once; admission counts these tokens)."""
+        """Tokenise a job's pairs (done once; admission counts these tokens): the job's own when the
+        cache already tokenised them."""
+        if job.pairs is not None:
+            return list(job.pairs)
         return self.model.encode(job.query, list(job.documents), job.truncation)
 
     def run(
@@ -97,7 +104,11 @@ class Executor:
         fresh: list[int] = []
         for index in range(len(pairs)):
             cached = job.resume.get(index)
-            if cached is None:
+            if index in job.cached_scores:
+                run.ledger.add(index, job.cached_scores[index])
+            if cached is None and run.ledger.has(index, depth):
+                run.pending.setdefault(depth, []).append((index, None))  # answered from its scores
+            elif cached is None:
                 fresh.append(index)
             elif cached.layer > depth:
                 raise ValueError(f"document {index}: cached state at layer {cached.layer} is past the depth")
@@ -128,7 +139,7 @@ class Executor:
             wait = 0.0 if id(run) in in_step else self.latency.predict(step_flops)  # it sits this one out
             try:
                 if not self._next_head_fits(run, step_flops, wait):
-                    run.stop_for_budget()
+                    self._stop_for_budget(run)
             except Exception as exc:
                 log.exception("a job's budget check failed")
                 run.fail(JobFailedError(f"the budget check failed: {type(exc).__name__}: {exc}"))
@@ -186,15 +197,16 @@ class Executor:
         merging = target is not None
         attention = backbone.anchor_attention(layer, bucket.state) if merging and not uniform else None
         lengths = bucket.state.lengths.cpu()
-        flops = self.flops.layer(lengths)
+        row_flops = self.flops.layer_rows(lengths).double()
         state = backbone.forward_layer(layer, bucket.state)
         if merging:
-            flops += float(self.flops.merge_rows(lengths).sum())
+            row_flops += self.flops.merge_rows(lengths).double()
             state = merge_rows(state, attention, [target] * state.batch_size, uniform=uniform)
         index = next(i for i, b in enumerate(run.buckets) if b is bucket)
         run.buckets[index] = Bucket(state, bucket.rows)
         run.usage.layer_tokens += int(lengths.sum())
-        run.usage.flops += flops
+        run.usage.flops += float(row_flops.sum())
+        run.row_flops[bucket.rows] += row_flops
         padded = self.flops.layer(torch.full_like(lengths, bucket.state.hidden.shape[1]))
         self.latency.observe(padded, time.perf_counter() - tick)
 
@@ -206,6 +218,10 @@ class Executor:
             scored = -1
             while not run.done:
                 layer = run.layer
+                if not run.buckets:  # no row ran up to here: cached scores below still decide
+                    self._replay_below(run, layer)
+                    if run.done:
+                        return
                 if layer in run.pending:
                     run.join(layer, self.limits, self.model.backbone.device, self.model.backbone.dtype)
                 if layer != scored and run.scores_at(layer, self.head_layers):
@@ -218,17 +234,55 @@ class Executor:
             log.exception("scoring a job failed")
             run.fail(JobFailedError(f"scoring failed: {type(exc).__name__}: {exc}"))
 
+    def _stop_for_budget(self, run: JobRun) -> None:
+        """Answer the job now (BUDGET); rows never scored that wait with cached scores answer with
+        their deepest one first: at the depth that is a complete answer (CACHE_HIT), below it a
+        partial one, either way better than no score."""
+        depth = run.schedule.depth
+        waiting = [r for r in run.replayable_any() if bool(torch.isnan(run.prob[r]))]
+        for r in waiting:
+            layer = max(run.ledger.scores[r])
+            logit = torch.tensor([run.ledger.scores[r][layer].logit], dtype=torch.float64)
+            device = self.model.backbone.device
+            run.replayed([r], layer, self.model.scorer.calibration.probability(layer, logit.to(device)))
+            if layer == depth:
+                run.exit({r: ExitReason.DEPTH}, layer)
+        if not run.done:  # (rows all answered from the cache: complete, not partial)
+            run.stop_for_budget()
+
+    def _replay_below(self, run: JobRun, layer: int) -> None:
+        """Replay cached scores at the head layers below `layer` the job skipped while only resumed
+        rows were left (a fresh run would have scored there, so its exit policy must see them)."""
+        for head in self.head_layers:
+            if run.scored_through < head < layer and run.scores_at(head, self.head_layers):
+                if run.replayable(head):
+                    self._score_and_decide(run, head)
+                if run.done:
+                    return
+
     def _score_and_decide(self, run: JobRun, layer: int) -> None:
+        """Score the job's rows at `layer` (replaying cached scores where it has them) and decide."""
         scorer = self.model.scorer
         for b in run.buckets:
-            logits = scorer.logits(b.state)
-            run.logit[b.rows] = logits.double().cpu()
-            run.prob[b.rows] = scorer.calibration.probability(layer, logits).double().cpu()
-            run.exit_layer[b.rows] = layer
-            run.usage.flops += self.flops.score(b.state.batch_size, run.query_tokens)
-        run.exit(run.schedule.decide(layer, run.prob, run.active))
+            wants = torch.tensor([not run.ledger.has(r, layer) for r in b.rows.tolist()], dtype=torch.bool)
+            if not bool(wants.any()):
+                continue
+            picked = wants.nonzero().flatten().to(b.state.hidden.device)
+            state = b.state if bool(wants.all()) else b.state.select(picked)
+            rows = b.rows[wants]
+            logits = scorer.logits(state)
+            probs = scorer.calibration.probability(layer, logits)
+            run.usage.flops += self.flops.score(state.batch_size, run.query_tokens)
+            run.scored(rows, layer, logits, probs, self.flops.score(1, run.query_tokens))
+        cached = run.replayable(layer)
+        if cached:
+            logits = torch.tensor([run.ledger.scores[r][layer].logit for r in cached], dtype=torch.float64)
+            device = self.model.backbone.device
+            run.replayed(cached, layer, scorer.calibration.probability(layer, logits.to(device)))
+        run.scored_through = layer
+        run.exit(run.schedule.decide(layer, run.prob, run.active), layer)
         if run.schedule.budget is not None and not run.done and not self._next_head_fits(run, 0.0):
-            run.stop_for_budget()
+            self._stop_for_budget(run)
         if run.listener is not None:
             run.listener(layer, run.outcomes())
 

@@ -28,6 +28,7 @@ class ExitReason(StrEnum):
     CASCADE = "cascade"  # could no longer reach the top-n
     STABLE = "stable"  # the top-n set stopped changing
     BUDGET = "budget"  # the next step would not fit the time or FLOP budget
+    CACHE_HIT = "cache_hit"  # the exit policy was met by a cached score: no compute
 
 
 Decisions = dict[int, ExitReason]

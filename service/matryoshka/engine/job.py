@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from matryoshka.engine.cost import Usage
 from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.plan import Plan
-from matryoshka.model.prompt import Truncation
+from matryoshka.model.prompt import EncodedPair, Truncation
 from matryoshka.model.state import RowState
 
 
@@ -30,6 +31,13 @@ class JobFailedError(EngineError):
     """Running this job's own rows raised; the job failed alone (its neighbours carried on)."""
 
 
+class ScoredLayer(NamedTuple):
+    """A row's raw score at one layer and its FLOPs from the embeddings through that score."""
+
+    logit: float
+    flops: float
+
+
 @dataclass
 class Job:
     """One request for the executor: a query, its documents and a resolved plan."""
@@ -39,10 +47,14 @@ class Job:
     plan: Plan
     truncation: Truncation = field(default_factory=Truncation)
     resume: Mapping[int, RowState] = field(default_factory=dict)  # document index -> cached state
-    keep_states: bool = False  # hand back each row's state at its exit layer
+    keep_states: bool = False  # hand back each row's state (and its scores so far) at its exit layer
     cancelled: Callable[[], bool] | None = None
     deadline: float | None = None  # absolute time.monotonic() the answer is due by (a gRPC deadline)
     arrived: float = field(default_factory=time.monotonic)  # when the request came in (budgets count from it)
+    pairs: Sequence[EncodedPair] | None = None  # the documents already tokenised (the cache keyed them)
+    # document index -> layer -> cached score: replayed to the exit policy instead of scoring; a
+    # document with a cached score at the depth and no `resume` state needs no compute at all
+    cached_scores: Mapping[int, Mapping[int, ScoredLayer]] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,3 +79,4 @@ class JobResult:
     states: dict[int, RowState]
     compute_seconds: float  # wall time of the engine steps that ran this job's rows
     queue_seconds: float = 0.0  # from arrival until its first layer ran
+    scores: dict[int, dict[int, ScoredLayer]] = field(default_factory=dict)  # with `states`: scored layers

@@ -2,7 +2,9 @@
 
 A job's rows advance together from its *frontier* (the lowest layer any of its rows is at): a step
 may advance only some of its buckets, and the job is scored at a layer once every row has reached it.
-Rows resumed from a cached state wait until the job reaches their layer, then join.
+Rows resumed from a cached state wait until the job reaches their layer, then join; rows with cached
+scores get those replayed to the exit policy instead of being scored (engine/replay.py), and each
+row's FLOPs from its embeddings on are tracked so the cache can store what its layers cost.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from torch import Tensor
 
 from matryoshka.engine.cost import Usage
 from matryoshka.engine.exits import ExitReason, ExitSchedule
-from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
+from matryoshka.engine.job import EngineError, Job, JobResult, Outcome, ScoredLayer
+from matryoshka.engine.replay import CacheLedger
 from matryoshka.model.state import LayerState, RowState
 
 StageListener = Callable[[int, list[Outcome]], None]  # (layer, outcomes so far)
@@ -86,8 +89,13 @@ class JobRun:
         self.reason: list[ExitReason | None] = [None] * n
         self.active = torch.ones(n, dtype=torch.bool)
         self.buckets: list[Bucket] = []
-        self.pending: dict[int, list[tuple[int, RowState]]] = {}
+        self.pending: dict[int, list[tuple[int, RowState | None]]] = {}  # None: cached scores only
         self.states: dict[int, RowState] = {}
+        self.scores: dict[int, dict[int, ScoredLayer]] = {}  # with `states`: each row's scored layers
+        self.ledger = CacheLedger()
+        self.row_flops = torch.zeros(n, dtype=torch.float64)  # per row, cached prefix included
+        self.history: list[dict[int, ScoredLayer]] = [{} for _ in range(n)]  # each row's scores so far
+        self.scored_through = 0  # the last layer the job was scored (or replayed) at
         self.partial = False
         self.error: EngineError | None = None
         self.priority = math.inf  # the ordering key (engine/policy.py); lower runs first
@@ -141,8 +149,10 @@ class JobRun:
     # -- rows -----------------------------------------------------------------------------------
 
     def join(self, layer: int, limits: Limits, device: torch.device, dtype: torch.dtype) -> None:
-        """Resumed rows cached at `layer` join the job's buckets."""
-        rows = [(r, s) for r, s in self.pending.pop(layer, []) if self.active[r]]
+        """Resumed rows cached at `layer` join the job's buckets (rows with only cached scores do not)."""
+        rows = [(r, s) for r, s in self.pending.pop(layer, []) if s is not None and self.active[r]]
+        for r, s in rows:
+            self.row_flops[r] = self.ledger.resume(r, s.layer)
         rows.sort(key=lambda rs: -rs[1].length)
         lookup = dict(rows)
         for chunk in limits.chunks([r for r, _ in rows], lambda r: lookup[r].length):
@@ -190,14 +200,47 @@ class JobRun:
                 return b.state.row(int(hit[0]))
         return None
 
-    def exit(self, decisions: dict[int, ExitReason]) -> None:
-        """Rows leave with their reasons (and hand back their state if the job asked)."""
+    def exit(self, decisions: dict[int, ExitReason], layer: int | None = None) -> None:
+        """Rows leave with their reasons; a decision at `layer` resting on a cached score is a
+        CACHE_HIT (no compute). Others hand back their state and scores if the job asked."""
         for row, reason in decisions.items():
-            self.reason[row] = reason
             self.active[row] = False
-            state = self.row_state(row) if self.job.keep_states else None
-            if state is not None:
+            hit = self.ledger.hit(row, layer) if layer is not None else None
+            if hit is not None and reason != ExitReason.BUDGET:
+                reason = ExitReason.CACHE_HIT
+                self.usage.cache_hits += 1
+                self.usage.cached_flops += hit.flops
+            elif self.job.keep_states and (state := self.row_state(row)) is not None:
                 self.states[row] = state
+                self.scores[row] = self.history[row]
+            self.reason[row] = reason
+
+    def scored(self, rows: Tensor, layer: int, logits: Tensor, probs: Tensor, flops_each: float) -> None:
+        """The model scored `rows` at `layer` (`flops_each` FLOPs a row)."""
+        self._record(rows, layer, logits, probs)
+        self.row_flops[rows] += flops_each
+        for r in rows.tolist():
+            self.history[r][layer] = ScoredLayer(float(self.logit[r]), float(self.row_flops[r]))
+
+    def replayable(self, layer: int) -> list[int]:
+        """Active rows with a cached score at `layer` (replayed instead of scored)."""
+        return [r for r in self.ledger.rows_at(layer) if bool(self.active[r])]
+
+    def replayable_any(self) -> list[int]:
+        """Active rows with cached scores at any layer."""
+        return [r for r in self.ledger.scores if bool(self.active[r])]
+
+    def replayed(self, rows: list[int], layer: int, probs: Tensor) -> None:
+        """`rows` got their cached scores at `layer` (`probs`: calibrated from the cached logits)."""
+        for r in rows:
+            self.history[r][layer] = self.ledger.replay(r, layer)
+        logits = torch.tensor([self.history[r][layer].logit for r in rows], dtype=torch.float64)
+        self._record(torch.tensor(rows, dtype=torch.long), layer, logits, probs)
+
+    def _record(self, rows: Tensor, layer: int, logits: Tensor, probs: Tensor) -> None:
+        self.logit[rows] = logits.double().cpu()
+        self.prob[rows] = probs.double().cpu()
+        self.exit_layer[rows] = layer
 
     def stop_for_budget(self) -> None:
         """Every running row exits BUDGET with its latest score; rows never scored keep their input
@@ -239,6 +282,10 @@ class JobRun:
         if self.error is not None:
             return self.error
         started = self.first_step if self.first_step is not None else time.monotonic()
+        for row, flops in self.ledger.take_resumed().items():  # counted once
+            if self.reason[row] != ExitReason.CACHE_HIT:
+                self.usage.cache_resumed += 1
+                self.usage.cached_flops += flops
         return JobResult(
             outcomes=self.outcomes(),
             usage=self.usage,
@@ -246,4 +293,5 @@ class JobRun:
             states=self.states,
             compute_seconds=self.compute_seconds,
             queue_seconds=max(started - self.job.arrived, 0.0),
+            scores=self.scores,
         )

@@ -17,6 +17,7 @@ from matryoshka.engine.executor import Executor
 from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.job import EngineError, Job, JobResult, Outcome
 from matryoshka.engine.plan import Plan
+from matryoshka.engine.state_cache import StateCache
 from matryoshka.model.artifact import load_artifact, read_manifest, shipped_artifact
 from matryoshka.model.checkpoint import (
     UnsupportedCheckpointError as UnsupportedCheckpointError,  # re-exported: the CLI never imports model/
@@ -70,11 +71,20 @@ def rank(outcomes: Sequence[Outcome], top_n: int | None = None) -> list[Outcome]
 
 
 class Reranker:
-    """A loaded Matryoshka model and its executor."""
+    """A loaded Matryoshka model and its executor; with a `cache`, repeated pairs are answered or
+    resumed from their cached layers (see matryoshka.cache.LayerCache)."""
 
-    def __init__(self, model: MatryoshkaModel, *, max_batch_rows: int = 64, max_batch_tokens: int = 16384):
+    def __init__(
+        self,
+        model: MatryoshkaModel,
+        *,
+        max_batch_rows: int = 64,
+        max_batch_tokens: int = 16384,
+        cache: StateCache | None = None,
+    ):
         self.model = model
         self.dtype: DtypeChoice = DtypeChoice(NAMES[model.backbone.dtype], "as loaded")
+        self.cache = cache
         self.executor = Executor(
             model, max_batch_rows=max_batch_rows, max_batch_tokens=max_batch_tokens, latency=LatencyModel()
         )
@@ -159,7 +169,7 @@ class Reranker:
 
     def warmup(self) -> None:
         """Run one small request so kernels are initialised and the latency model has a measurement."""
-        self.rerank("warm up query", ["a short warm-up passage", "another passage"], Plan())
+        self.rerank("warm up query", ["a short warm-up passage", "another passage"], Plan(), use_cache=False)
 
     def rerank(
         self,
@@ -171,16 +181,25 @@ class Reranker:
         score_type: ScoreType = "probability",
         truncation: Truncation | None = None,
         return_documents: bool = False,
+        use_cache: bool = True,
     ) -> RerankResult:
-        """Score `documents` against `query` under `plan` (default: full depth, full width)."""
+        """Score `documents` against `query` under `plan` (default: full depth, full width);
+        `use_cache=False` neither reads nor writes the cache."""
         start = time.perf_counter()
         if not query.strip():
             raise ValueError("query must not be empty")
         resolved = (plan or Plan()).resolve(self.info)
         job = Job(query, list(documents), resolved, truncation or Truncation())
+        cache = self.cache if use_cache else None
+        if cache is not None:
+            job.pairs = self.model.encode(query, list(documents), job.truncation)
+            cached = cache.lookup(job.pairs, resolved)
+            job.resume, job.cached_scores, job.keep_states = cached.states, cached.scores, True
         (answer,) = self.executor.run([job])
         if isinstance(answer, EngineError):
             raise answer
+        if cache is not None and job.pairs is not None:
+            cache.write_back(job.pairs, resolved, answer)
         return self.present(answer, documents, top_n, score_type, return_documents, start)
 
     def present(

@@ -34,6 +34,18 @@ class Metrics:
         )
         self.documents = Counter("matryoshka_documents", "Documents re-ranked", registry=r)
         self.queue_size = Gauge("matryoshka_queue_size", "Requests waiting or running", registry=r)
+        self.cache_documents = Counter(
+            "matryoshka_cache_documents",
+            "Documents by cache outcome (hit, resumed, miss)",
+            ["result"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "matryoshka_cache_errors", "Cache store failures and timeouts (then bypassed)", ["op"], registry=r
+        )
+        self.cache_writes_dropped = Counter(
+            "matryoshka_cache_writes_dropped", "Write-backs dropped: too many pending", registry=r
+        )
         self.queue_wait = Histogram(
             "matryoshka_queue_wait_seconds",
             "Time a request waited for its first engine step",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -11,10 +12,14 @@ from typing import Any
 
 import grpc
 
+from matryoshka.cache.factory import open_cache
+from matryoshka.cache.layer_cache import AsyncLayerCache
 from matryoshka.engine.job import BudgetExceededError, Job, JobResult, Outcome
 from matryoshka.engine.reranker import Reranker
 from matryoshka.engine.scheduler import Scheduler
+from matryoshka.engine.state_cache import CachedRows
 from matryoshka.model.matryoshka_model import ModelInfo
+from matryoshka.model.prompt import EncodedPair
 from matryoshka.server.errors import DrainingError, NotReadyError, abort, status_code
 from matryoshka.server.metrics import Metrics
 from matryoshka.server.settings import Settings
@@ -29,6 +34,8 @@ from matryoshka.server.translate import (
 from matryoshka_client.proto import rerank_service_pb2 as pb
 from matryoshka_client.proto import rerank_service_pb2_grpc as pb_grpc
 
+log = logging.getLogger("matryoshka.server")
+
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
     """Implements matryoshka.v1.RerankService on one loaded model."""
@@ -38,9 +45,11 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         self.metrics = metrics
         self.draining = False
         self._engine: tuple[Reranker, Scheduler] | None = None
+        self.cache: AsyncLayerCache | None = None
 
     def attach(self, reranker: Reranker, scheduler: Scheduler) -> None:
         """Start answering with a loaded, warm model (until then calls get UNAVAILABLE)."""
+        self.cache = self._open_cache(reranker)
         self._engine = (reranker, scheduler)
         self.metrics.queue_size.set_function(lambda: scheduler.num_unfinished)
 
@@ -169,6 +178,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                 raise BudgetExceededError("the gRPC deadline leaves no time to run the request")
             due.append(time.monotonic() + remaining - margin)
         deadline = min(due, default=None)
+        pairs, cached = await self._cache_lookup(call)
         job = Job(
             call.query,
             call.documents,
@@ -177,6 +187,10 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             cancelled=cancel.is_set,
             deadline=deadline,
             arrived=arrived,
+            pairs=pairs,
+            resume=cached.states,
+            cached_scores=cached.scores,
+            keep_states=pairs is not None and call.cache_mode == "read_write",
         )
         future = self.scheduler.submit(job, on_stage)
         try:
@@ -184,6 +198,8 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         except asyncio.CancelledError:
             cancel.set()  # the engine stops this job before its next step
             raise
+        if pairs is not None:
+            self._cache_write_back(call, pairs, result)
         return result, result.queue_seconds
 
     def _answer(self, call: RerankCall, result: JobResult, waited: float, start: float) -> dict[str, Any]:
@@ -196,3 +212,48 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
     def _count(self, method: str, code: grpc.StatusCode, start: float) -> None:
         self.metrics.requests.labels(method=method, code=code.name).inc()
         self.metrics.latency.labels(method=method).observe(time.perf_counter() - start)
+
+    # -- the layer-state cache (I/O here, on the event loop; never on the engine thread) -----------
+
+    def _open_cache(self, reranker: Reranker) -> AsyncLayerCache | None:
+        s = self.settings
+        cache = open_cache(
+            s.cache_url,
+            reranker.model,
+            memory_bytes=s.cache_memory_bytes,
+            ttl_seconds=s.cache_ttl_seconds,
+            timeout=s.cache_timeout_seconds,
+            retry_seconds=s.cache_retry_seconds,
+            state_dtype=s.cache_state_dtype,
+            max_entry_bytes=s.cache_max_entry_bytes,
+            on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc(),
+        )
+        log.info("layer-state cache: %s", "off" if cache is None else type(cache.store).__name__)
+        return cache
+
+    async def _cache_lookup(self, call: RerankCall) -> tuple[list[EncodedPair] | None, CachedRows]:
+        """Tokenise (off the loop) and look the pairs up; (None, nothing) when the cache is not used."""
+        cache = self.cache
+        if cache is None or call.cache_mode == "bypass" or self._engine is None:
+            return None, CachedRows()
+        model = self._engine[0].model
+        pairs = await asyncio.to_thread(model.encode, call.query, call.documents, call.truncation)
+        try:
+            return pairs, await cache.lookup(pairs, call.plan)
+        except Exception:  # the cache must never fail a request
+            log.exception("cache lookup failed; running without it")
+            return pairs, CachedRows()
+
+    def _cache_write_back(self, call: RerankCall, pairs: list[EncodedPair], result: JobResult) -> None:
+        """Count the cache's outcome per document and schedule the write-back (read_write only)."""
+        usage = result.usage
+        misses = len(result.outcomes) - usage.cache_hits - usage.cache_resumed
+        for label, count in (("hit", usage.cache_hits), ("resumed", usage.cache_resumed), ("miss", misses)):
+            self.metrics.cache_documents.labels(result=label).inc(count)
+        cache = self.cache
+        if (
+            cache is not None
+            and call.cache_mode == "read_write"
+            and not cache.write_back(pairs, call.plan, result)
+        ):
+            self.metrics.cache_writes_dropped.inc()

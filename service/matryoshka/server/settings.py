@@ -57,6 +57,18 @@ class Settings(BaseSettings):
     max_inflight_tokens: int = Field(
         262144, ge=1024, description="Input tokens admitted at once (bounds layer-state memory)"
     )
+    # -- the layer-state cache (docs/architecture.md "Cache") --
+    cache_url: str | None = Field(
+        None, description="redis:// or rediss:// URL of a shared cache; unset = in-process memory; 'off'"
+    )
+    cache_memory_bytes: int = Field(512 << 20, ge=1 << 20, description="In-process cache budget")
+    cache_ttl_seconds: int = Field(86400, ge=1, description="Redis entry lifetime")
+    cache_max_entry_bytes: int = Field(8 << 20, ge=1024, description="Larger states are not cached")
+    cache_timeout_seconds: float = Field(0.05, gt=0, description="Redis call timeout (then bypass)")
+    cache_retry_seconds: float = Field(2.0, gt=0, description="Bypass this long after a Redis failure")
+    cache_state_dtype: Literal["model", "float32", "bfloat16", "float16"] = Field(
+        "model", description="dtype hidden states are stored in (bfloat16/float16 halve the bytes)"
+    )
 
     model_dir: str | None = Field(
         None, description="Hugging Face-format re-ranker checkpoint served as `model` (docs/models.md)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -63,6 +63,14 @@ def check_model(name: str, models: dict[str, ModelInfo]) -> ModelInfo:
     return info
 
 
+CacheMode = Literal["read_write", "read_only", "bypass"]
+CACHE_MODES: dict[int, CacheMode] = {
+    pb.CACHE_MODE_READ_WRITE: "read_write",
+    pb.CACHE_MODE_READ_ONLY: "read_only",
+    pb.CACHE_MODE_BYPASS: "bypass",
+}
+
+
 @dataclass(frozen=True)
 class RerankCall:
     """A validated request in engine terms."""
@@ -77,6 +85,7 @@ class RerankCall:
     score_type: ScoreType
     return_documents: bool
     request_id: str
+    cache_mode: CacheMode = "read_write"
 
 
 def to_call(
@@ -129,6 +138,7 @@ def to_call(
         score_type="logit" if req.score_type == pb.SCORE_TYPE_LOGIT else "probability",
         return_documents=req.return_documents,
         request_id=req.request_id,
+        cache_mode=CACHE_MODES.get(req.cache_mode, "read_write"),
     )
 
 
@@ -282,6 +292,9 @@ def to_answer(
             flops=usage.flops,
             full_flops=usage.full_flops,
             flops_saved=usage.flops_saved,
+            cached_flops=usage.cached_flops,
+            cache_hits=usage.cache_hits,
+            cache_resumed=usage.cache_resumed,
         ),
         "timing": pb.Timing(
             queue=to_duration(queued), compute=to_duration(result.compute_seconds), total=to_duration(total)

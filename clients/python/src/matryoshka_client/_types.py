@@ -108,8 +108,8 @@ class ScoredDocument:
     """One re-ranked document.
 
     `exit_reason` is one of "depth", "confident_relevant", "confident_irrelevant", "cascade", "stable",
-    "budget"; "" while the document is still running (stream stages only); "unknown_<n>" for a reason
-    newer than this client.
+    "budget", "cache_hit"; "" while the document is still running (stream stages only); "unknown_<n>"
+    for a reason newer than this client.
     """
 
     index: int  # position in the request's documents
@@ -132,7 +132,10 @@ class Usage:
     layer_tokens: int = 0
     flops: float = 0.0
     full_flops: float = 0.0
-    flops_saved: float = 0.0  # fraction of full_flops not spent
+    flops_saved: float = 0.0  # fraction of full_flops not spent (work the cache stood in for counts as spent)
+    cached_flops: float = 0.0  # FLOPs earlier requests spent on cached layers reused here
+    cache_hits: int = 0  # documents answered from the cache with no compute
+    cache_resumed: int = 0  # documents resumed from a cached layer state
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,13 @@ def to_scored(r: pb.RerankResult) -> ScoredDocument:
 def to_usage(u: pb.Usage) -> Usage:
     """Work done."""
     return Usage(
-        layer_tokens=u.layer_tokens, flops=u.flops, full_flops=u.full_flops, flops_saved=u.flops_saved
+        layer_tokens=u.layer_tokens,
+        flops=u.flops,
+        full_flops=u.full_flops,
+        flops_saved=u.flops_saved,
+        cached_flops=u.cached_flops,
+        cache_hits=u.cache_hits,
+        cache_resumed=u.cache_resumed,
     )
 
 

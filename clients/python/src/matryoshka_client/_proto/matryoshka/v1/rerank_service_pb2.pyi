@@ -144,6 +144,10 @@ class _ExitReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitReason
     """The cascade's top-n set stopped changing."""
     EXIT_REASON_BUDGET: _ExitReason.ValueType  # 6
     """The next layer would not have fit the request's budget."""
+    EXIT_REASON_CACHE_HIT: _ExitReason.ValueType  # 7
+    """Answered from the layer-state cache with no compute: the request's exit policy was already satisfied
+    by scores a previous request cached (exit_layer is the layer that score was taken at).
+    """
 
 class ExitReason(_ExitReason, metaclass=_ExitReasonEnumTypeWrapper):
     """Why a candidate stopped where it did."""
@@ -162,6 +166,10 @@ EXIT_REASON_STABLE: ExitReason.ValueType  # 5
 """The cascade's top-n set stopped changing."""
 EXIT_REASON_BUDGET: ExitReason.ValueType  # 6
 """The next layer would not have fit the request's budget."""
+EXIT_REASON_CACHE_HIT: ExitReason.ValueType  # 7
+"""Answered from the layer-state cache with no compute: the request's exit policy was already satisfied
+by scores a previous request cached (exit_layer is the layer that score was taken at).
+"""
 Global___ExitReason: _TypeAlias = ExitReason  # noqa: Y015
 
 class _ModelFamily:
@@ -669,6 +677,9 @@ class Usage(_message.Message):
     FLOPS_FIELD_NUMBER: _builtins.int
     FULL_FLOPS_FIELD_NUMBER: _builtins.int
     FLOPS_SAVED_FIELD_NUMBER: _builtins.int
+    CACHED_FLOPS_FIELD_NUMBER: _builtins.int
+    CACHE_HITS_FIELD_NUMBER: _builtins.int
+    CACHE_RESUMED_FIELD_NUMBER: _builtins.int
     layer_tokens: _builtins.int
     """Sum over the layers run of the tokens processed in them (a row of 100 tokens through 3 layers = 300)."""
     flops: _builtins.float
@@ -677,8 +688,15 @@ class Usage(_message.Message):
     """FLOPs a plain full-depth, full-width run of the same documents would have spent."""
     flops_saved: _builtins.float
     """Fraction of full_flops not spent, 1 - flops / full_flops (0 when full_flops is 0). Below 0 if the
-    request cost more than a full run (e.g. scoring at many head layers).
+    request cost more than a full run (e.g. scoring at many head layers). Work the cache stood in for
+    counts as spent here: 1 - (flops + cached_flops) / full_flops, so a cache hit is not an early exit.
     """
+    cached_flops: _builtins.float
+    """FLOPs earlier requests spent on the cached layers this request reused (not spent again here)."""
+    cache_hits: _builtins.int
+    """Documents answered from the cache with no compute (exit reason CACHE_HIT)."""
+    cache_resumed: _builtins.int
+    """Documents resumed from a cached layer state and run deeper from there."""
     def __init__(
         self,
         *,
@@ -686,10 +704,13 @@ class Usage(_message.Message):
         flops: _builtins.float = ...,
         full_flops: _builtins.float = ...,
         flops_saved: _builtins.float = ...,
+        cached_flops: _builtins.float = ...,
+        cache_hits: _builtins.int = ...,
+        cache_resumed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flops", b"flops", "flops_saved", b"flops_saved", "full_flops", b"full_flops", "layer_tokens", b"layer_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "cache_resumed", b"cache_resumed", "cached_flops", b"cached_flops", "flops", b"flops", "flops_saved", b"flops_saved", "full_flops", b"full_flops", "layer_tokens", b"layer_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -68,6 +68,15 @@ public enum ExitReason
    * <code>EXIT_REASON_BUDGET = 6;</code>
    */
   EXIT_REASON_BUDGET(6),
+  /**
+   * <pre>
+   * Answered from the layer-state cache with no compute: the request's exit policy was already satisfied
+   * by scores a previous request cached (exit_layer is the layer that score was taken at).
+   * </pre>
+   *
+   * <code>EXIT_REASON_CACHE_HIT = 7;</code>
+   */
+  EXIT_REASON_CACHE_HIT(7),
   UNRECOGNIZED(-1),
   ;
 
@@ -127,6 +136,15 @@ public enum ExitReason
    * <code>EXIT_REASON_BUDGET = 6;</code>
    */
   public static final int EXIT_REASON_BUDGET_VALUE = 6;
+  /**
+   * <pre>
+   * Answered from the layer-state cache with no compute: the request's exit policy was already satisfied
+   * by scores a previous request cached (exit_layer is the layer that score was taken at).
+   * </pre>
+   *
+   * <code>EXIT_REASON_CACHE_HIT = 7;</code>
+   */
+  public static final int EXIT_REASON_CACHE_HIT_VALUE = 7;
 
 
   public final int getNumber() {
@@ -160,6 +178,7 @@ public enum ExitReason
       case 4: return EXIT_REASON_CASCADE;
       case 5: return EXIT_REASON_STABLE;
       case 6: return EXIT_REASON_BUDGET;
+      case 7: return EXIT_REASON_CACHE_HIT;
       default: return null;
     }
   }

@@ -150,65 +150,67 @@ public final class RerankServiceProto {
       "nkResult\022\r\n\005index\030\001 \001(\005\022\n\n\002id\030\002 \001(\t\022\r\n\005s" +
       "core\030\003 \001(\001\022\022\n\nexit_layer\030\004 \001(\005\022.\n\013exit_r" +
       "eason\030\005 \001(\0162\031.matryoshka.v1.ExitReason\022\025" +
-      "\n\010document\030\006 \001(\tH\000\210\001\001B\013\n\t_document\"U\n\005Us" +
-      "age\022\024\n\014layer_tokens\030\001 \001(\003\022\r\n\005flops\030\002 \001(\001" +
-      "\022\022\n\nfull_flops\030\003 \001(\001\022\023\n\013flops_saved\030\004 \001(" +
-      "\001\"\210\001\n\006Timing\022(\n\005queue\030\001 \001(\0132\031.google.pro" +
-      "tobuf.Duration\022*\n\007compute\030\002 \001(\0132\031.google" +
-      ".protobuf.Duration\022(\n\005total\030\003 \001(\0132\031.goog" +
-      "le.protobuf.Duration\"D\n\023StreamRerankRequ" +
-      "est\022-\n\007request\030\001 \001(\0132\034.matryoshka.v1.Rer" +
-      "ankRequest\"\342\001\n\024StreamRerankResponse\022\r\n\005l" +
-      "ayer\030\001 \001(\005\022,\n\007results\030\002 \003(\0132\033.matryoshka" +
-      ".v1.RerankResult\022\r\n\005final\030\003 \001(\010\022#\n\005usage" +
-      "\030\004 \001(\0132\024.matryoshka.v1.Usage\022%\n\006timing\030\005" +
-      " \001(\0132\025.matryoshka.v1.Timing\022\017\n\007partial\030\006" +
-      " \001(\010\022\r\n\005model\030\007 \001(\t\022\022\n\nrequest_id\030\010 \001(\t\"" +
-      "$\n\023GetModelInfoRequest\022\r\n\005model\030\001 \001(\t\"@\n" +
-      "\024GetModelInfoResponse\022(\n\006models\030\001 \003(\0132\030." +
-      "matryoshka.v1.ModelInfo\"\230\003\n\tModelInfo\022\014\n" +
-      "\004name\030\001 \001(\t\022*\n\006family\030\002 \001(\0162\032.matryoshka" +
-      ".v1.ModelFamily\022\022\n\nnum_layers\030\003 \001(\005\022\023\n\013h" +
-      "idden_size\030\004 \001(\005\022\023\n\013head_layers\030\005 \003(\005\022+\n" +
-      "\007scoring\030\006 \001(\0162\032.matryoshka.v1.ScoringMo" +
-      "de\022\024\n\014merge_ratios\030\007 \003(\001\022*\n\006limits\030\010 \001(\013" +
-      "2\032.matryoshka.v1.ModelLimits\0225\n\022default_" +
-      "truncation\030\t \001(\0132\031.matryoshka.v1.Truncat" +
-      "ion\022\033\n\023calibration_version\030\n \001(\t\022\023\n\013fing" +
-      "erprint\030\013 \001(\t\022\030\n\020template_version\030\014 \001(\t\022" +
-      "\022\n\nis_default\030\r \001(\010\022\r\n\005dtype\030\016 \001(\t\"v\n\013Mo" +
-      "delLimits\022\025\n\rmax_documents\030\001 \001(\005\022\031\n\021max_" +
-      "request_bytes\030\002 \001(\003\022\030\n\020max_query_tokens\030" +
-      "\003 \001(\005\022\033\n\023max_document_tokens\030\004 \001(\005*Y\n\tSc" +
-      "oreType\022\032\n\026SCORE_TYPE_UNSPECIFIED\020\000\022\032\n\026S" +
-      "CORE_TYPE_PROBABILITY\020\001\022\024\n\020SCORE_TYPE_LO" +
-      "GIT\020\002*e\n\016TruncationSide\022\037\n\033TRUNCATION_SI" +
-      "DE_UNSPECIFIED\020\000\022\027\n\023TRUNCATION_SIDE_END\020" +
-      "\001\022\031\n\025TRUNCATION_SIDE_START\020\002*s\n\tCacheMod" +
-      "e\022\032\n\026CACHE_MODE_UNSPECIFIED\020\000\022\031\n\025CACHE_M" +
-      "ODE_READ_WRITE\020\001\022\030\n\024CACHE_MODE_READ_ONLY" +
-      "\020\002\022\025\n\021CACHE_MODE_BYPASS\020\003*\323\001\n\nExitReason" +
-      "\022\033\n\027EXIT_REASON_UNSPECIFIED\020\000\022\025\n\021EXIT_RE" +
-      "ASON_DEPTH\020\001\022\"\n\036EXIT_REASON_CONFIDENT_RE" +
-      "LEVANT\020\002\022$\n EXIT_REASON_CONFIDENT_IRRELE" +
-      "VANT\020\003\022\027\n\023EXIT_REASON_CASCADE\020\004\022\026\n\022EXIT_" +
-      "REASON_STABLE\020\005\022\026\n\022EXIT_REASON_BUDGET\020\006*" +
-      "_\n\013ModelFamily\022\034\n\030MODEL_FAMILY_UNSPECIFI" +
-      "ED\020\000\022\030\n\024MODEL_FAMILY_DECODER\020\001\022\030\n\024MODEL_" +
-      "FAMILY_ENCODER\020\002*f\n\013ScoringMode\022\034\n\030SCORI" +
-      "NG_MODE_UNSPECIFIED\020\000\022\026\n\022SCORING_MODE_HE" +
-      "ADS\020\001\022!\n\035SCORING_MODE_QUERY_LIKELIHOOD\020\002" +
-      "2\212\002\n\rRerankService\022E\n\006Rerank\022\034.matryoshk" +
-      "a.v1.RerankRequest\032\035.matryoshka.v1.Reran" +
-      "kResponse\022Y\n\014StreamRerank\022\".matryoshka.v" +
-      "1.StreamRerankRequest\032#.matryoshka.v1.St" +
-      "reamRerankResponse0\001\022W\n\014GetModelInfo\022\".m" +
-      "atryoshka.v1.GetModelInfoRequest\032#.matry" +
-      "oshka.v1.GetModelInfoResponseB\206\001\n\030dev.ma" +
-      "tryoshka.rerank.v1B\022RerankServiceProtoP\001" +
-      "ZTgithub.com/matryoshka-rerank/matryoshk" +
-      "a-rerank/clients/go/matryoshka/v1;matryo" +
-      "shkav1b\006proto3"
+      "\n\010document\030\006 \001(\tH\000\210\001\001B\013\n\t_document\"\226\001\n\005U" +
+      "sage\022\024\n\014layer_tokens\030\001 \001(\003\022\r\n\005flops\030\002 \001(" +
+      "\001\022\022\n\nfull_flops\030\003 \001(\001\022\023\n\013flops_saved\030\004 \001" +
+      "(\001\022\024\n\014cached_flops\030\005 \001(\001\022\022\n\ncache_hits\030\006" +
+      " \001(\005\022\025\n\rcache_resumed\030\007 \001(\005\"\210\001\n\006Timing\022(" +
+      "\n\005queue\030\001 \001(\0132\031.google.protobuf.Duration" +
+      "\022*\n\007compute\030\002 \001(\0132\031.google.protobuf.Dura" +
+      "tion\022(\n\005total\030\003 \001(\0132\031.google.protobuf.Du" +
+      "ration\"D\n\023StreamRerankRequest\022-\n\007request" +
+      "\030\001 \001(\0132\034.matryoshka.v1.RerankRequest\"\342\001\n" +
+      "\024StreamRerankResponse\022\r\n\005layer\030\001 \001(\005\022,\n\007" +
+      "results\030\002 \003(\0132\033.matryoshka.v1.RerankResu" +
+      "lt\022\r\n\005final\030\003 \001(\010\022#\n\005usage\030\004 \001(\0132\024.matry" +
+      "oshka.v1.Usage\022%\n\006timing\030\005 \001(\0132\025.matryos" +
+      "hka.v1.Timing\022\017\n\007partial\030\006 \001(\010\022\r\n\005model\030" +
+      "\007 \001(\t\022\022\n\nrequest_id\030\010 \001(\t\"$\n\023GetModelInf" +
+      "oRequest\022\r\n\005model\030\001 \001(\t\"@\n\024GetModelInfoR" +
+      "esponse\022(\n\006models\030\001 \003(\0132\030.matryoshka.v1." +
+      "ModelInfo\"\230\003\n\tModelInfo\022\014\n\004name\030\001 \001(\t\022*\n" +
+      "\006family\030\002 \001(\0162\032.matryoshka.v1.ModelFamil" +
+      "y\022\022\n\nnum_layers\030\003 \001(\005\022\023\n\013hidden_size\030\004 \001" +
+      "(\005\022\023\n\013head_layers\030\005 \003(\005\022+\n\007scoring\030\006 \001(\016" +
+      "2\032.matryoshka.v1.ScoringMode\022\024\n\014merge_ra" +
+      "tios\030\007 \003(\001\022*\n\006limits\030\010 \001(\0132\032.matryoshka." +
+      "v1.ModelLimits\0225\n\022default_truncation\030\t \001" +
+      "(\0132\031.matryoshka.v1.Truncation\022\033\n\023calibra" +
+      "tion_version\030\n \001(\t\022\023\n\013fingerprint\030\013 \001(\t\022" +
+      "\030\n\020template_version\030\014 \001(\t\022\022\n\nis_default\030" +
+      "\r \001(\010\022\r\n\005dtype\030\016 \001(\t\"v\n\013ModelLimits\022\025\n\rm" +
+      "ax_documents\030\001 \001(\005\022\031\n\021max_request_bytes\030" +
+      "\002 \001(\003\022\030\n\020max_query_tokens\030\003 \001(\005\022\033\n\023max_d" +
+      "ocument_tokens\030\004 \001(\005*Y\n\tScoreType\022\032\n\026SCO" +
+      "RE_TYPE_UNSPECIFIED\020\000\022\032\n\026SCORE_TYPE_PROB" +
+      "ABILITY\020\001\022\024\n\020SCORE_TYPE_LOGIT\020\002*e\n\016Trunc" +
+      "ationSide\022\037\n\033TRUNCATION_SIDE_UNSPECIFIED" +
+      "\020\000\022\027\n\023TRUNCATION_SIDE_END\020\001\022\031\n\025TRUNCATIO" +
+      "N_SIDE_START\020\002*s\n\tCacheMode\022\032\n\026CACHE_MOD" +
+      "E_UNSPECIFIED\020\000\022\031\n\025CACHE_MODE_READ_WRITE" +
+      "\020\001\022\030\n\024CACHE_MODE_READ_ONLY\020\002\022\025\n\021CACHE_MO" +
+      "DE_BYPASS\020\003*\356\001\n\nExitReason\022\033\n\027EXIT_REASO" +
+      "N_UNSPECIFIED\020\000\022\025\n\021EXIT_REASON_DEPTH\020\001\022\"" +
+      "\n\036EXIT_REASON_CONFIDENT_RELEVANT\020\002\022$\n EX" +
+      "IT_REASON_CONFIDENT_IRRELEVANT\020\003\022\027\n\023EXIT" +
+      "_REASON_CASCADE\020\004\022\026\n\022EXIT_REASON_STABLE\020" +
+      "\005\022\026\n\022EXIT_REASON_BUDGET\020\006\022\031\n\025EXIT_REASON" +
+      "_CACHE_HIT\020\007*_\n\013ModelFamily\022\034\n\030MODEL_FAM" +
+      "ILY_UNSPECIFIED\020\000\022\030\n\024MODEL_FAMILY_DECODE" +
+      "R\020\001\022\030\n\024MODEL_FAMILY_ENCODER\020\002*f\n\013Scoring" +
+      "Mode\022\034\n\030SCORING_MODE_UNSPECIFIED\020\000\022\026\n\022SC" +
+      "ORING_MODE_HEADS\020\001\022!\n\035SCORING_MODE_QUERY" +
+      "_LIKELIHOOD\020\0022\212\002\n\rRerankService\022E\n\006Reran" +
+      "k\022\034.matryoshka.v1.RerankRequest\032\035.matryo" +
+      "shka.v1.RerankResponse\022Y\n\014StreamRerank\022\"" +
+      ".matryoshka.v1.StreamRerankRequest\032#.mat" +
+      "ryoshka.v1.StreamRerankResponse0\001\022W\n\014Get" +
+      "ModelInfo\022\".matryoshka.v1.GetModelInfoRe" +
+      "quest\032#.matryoshka.v1.GetModelInfoRespon" +
+      "seB\206\001\n\030dev.matryoshka.rerank.v1B\022RerankS" +
+      "erviceProtoP\001ZTgithub.com/matryoshka-rer" +
+      "ank/matryoshka-rerank/clients/go/matryos" +
+      "hka/v1;matryoshkav1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -280,7 +282,7 @@ public final class RerankServiceProto {
     internal_static_matryoshka_v1_Usage_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_Usage_descriptor,
-        new java.lang.String[] { "LayerTokens", "Flops", "FullFlops", "FlopsSaved", });
+        new java.lang.String[] { "LayerTokens", "Flops", "FullFlops", "FlopsSaved", "CachedFlops", "CacheHits", "CacheResumed", });
     internal_static_matryoshka_v1_Timing_descriptor =
       getDescriptor().getMessageTypes().get(11);
     internal_static_matryoshka_v1_Timing_fieldAccessorTable = new

@@ -97,7 +97,8 @@ private static final long serialVersionUID = 0L;
   /**
    * <pre>
    * Fraction of full_flops not spent, 1 - flops / full_flops (0 when full_flops is 0). Below 0 if the
-   * request cost more than a full run (e.g. scoring at many head layers).
+   * request cost more than a full run (e.g. scoring at many head layers). Work the cache stood in for
+   * counts as spent here: 1 - (flops + cached_flops) / full_flops, so a cache hit is not an early exit.
    * </pre>
    *
    * <code>double flops_saved = 4;</code>
@@ -106,6 +107,51 @@ private static final long serialVersionUID = 0L;
   @java.lang.Override
   public double getFlopsSaved() {
     return flopsSaved_;
+  }
+
+  public static final int CACHED_FLOPS_FIELD_NUMBER = 5;
+  private double cachedFlops_ = 0D;
+  /**
+   * <pre>
+   * FLOPs earlier requests spent on the cached layers this request reused (not spent again here).
+   * </pre>
+   *
+   * <code>double cached_flops = 5;</code>
+   * @return The cachedFlops.
+   */
+  @java.lang.Override
+  public double getCachedFlops() {
+    return cachedFlops_;
+  }
+
+  public static final int CACHE_HITS_FIELD_NUMBER = 6;
+  private int cacheHits_ = 0;
+  /**
+   * <pre>
+   * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+   * </pre>
+   *
+   * <code>int32 cache_hits = 6;</code>
+   * @return The cacheHits.
+   */
+  @java.lang.Override
+  public int getCacheHits() {
+    return cacheHits_;
+  }
+
+  public static final int CACHE_RESUMED_FIELD_NUMBER = 7;
+  private int cacheResumed_ = 0;
+  /**
+   * <pre>
+   * Documents resumed from a cached layer state and run deeper from there.
+   * </pre>
+   *
+   * <code>int32 cache_resumed = 7;</code>
+   * @return The cacheResumed.
+   */
+  @java.lang.Override
+  public int getCacheResumed() {
+    return cacheResumed_;
   }
 
   private byte memoizedIsInitialized = -1;
@@ -134,6 +180,15 @@ private static final long serialVersionUID = 0L;
     if (java.lang.Double.doubleToRawLongBits(flopsSaved_) != 0) {
       output.writeDouble(4, flopsSaved_);
     }
+    if (java.lang.Double.doubleToRawLongBits(cachedFlops_) != 0) {
+      output.writeDouble(5, cachedFlops_);
+    }
+    if (cacheHits_ != 0) {
+      output.writeInt32(6, cacheHits_);
+    }
+    if (cacheResumed_ != 0) {
+      output.writeInt32(7, cacheResumed_);
+    }
     getUnknownFields().writeTo(output);
   }
 
@@ -158,6 +213,18 @@ private static final long serialVersionUID = 0L;
     if (java.lang.Double.doubleToRawLongBits(flopsSaved_) != 0) {
       size += com.google.protobuf.CodedOutputStream
         .computeDoubleSize(4, flopsSaved_);
+    }
+    if (java.lang.Double.doubleToRawLongBits(cachedFlops_) != 0) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeDoubleSize(5, cachedFlops_);
+    }
+    if (cacheHits_ != 0) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeInt32Size(6, cacheHits_);
+    }
+    if (cacheResumed_ != 0) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeInt32Size(7, cacheResumed_);
     }
     size += getUnknownFields().getSerializedSize();
     memoizedSize = size;
@@ -185,6 +252,13 @@ private static final long serialVersionUID = 0L;
     if (java.lang.Double.doubleToLongBits(getFlopsSaved())
         != java.lang.Double.doubleToLongBits(
             other.getFlopsSaved())) return false;
+    if (java.lang.Double.doubleToLongBits(getCachedFlops())
+        != java.lang.Double.doubleToLongBits(
+            other.getCachedFlops())) return false;
+    if (getCacheHits()
+        != other.getCacheHits()) return false;
+    if (getCacheResumed()
+        != other.getCacheResumed()) return false;
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -208,6 +282,13 @@ private static final long serialVersionUID = 0L;
     hash = (37 * hash) + FLOPS_SAVED_FIELD_NUMBER;
     hash = (53 * hash) + com.google.protobuf.Internal.hashLong(
         java.lang.Double.doubleToLongBits(getFlopsSaved()));
+    hash = (37 * hash) + CACHED_FLOPS_FIELD_NUMBER;
+    hash = (53 * hash) + com.google.protobuf.Internal.hashLong(
+        java.lang.Double.doubleToLongBits(getCachedFlops()));
+    hash = (37 * hash) + CACHE_HITS_FIELD_NUMBER;
+    hash = (53 * hash) + getCacheHits();
+    hash = (37 * hash) + CACHE_RESUMED_FIELD_NUMBER;
+    hash = (53 * hash) + getCacheResumed();
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -345,6 +426,9 @@ private static final long serialVersionUID = 0L;
       flops_ = 0D;
       fullFlops_ = 0D;
       flopsSaved_ = 0D;
+      cachedFlops_ = 0D;
+      cacheHits_ = 0;
+      cacheResumed_ = 0;
       return this;
     }
 
@@ -389,6 +473,15 @@ private static final long serialVersionUID = 0L;
       }
       if (((from_bitField0_ & 0x00000008) != 0)) {
         result.flopsSaved_ = flopsSaved_;
+      }
+      if (((from_bitField0_ & 0x00000010) != 0)) {
+        result.cachedFlops_ = cachedFlops_;
+      }
+      if (((from_bitField0_ & 0x00000020) != 0)) {
+        result.cacheHits_ = cacheHits_;
+      }
+      if (((from_bitField0_ & 0x00000040) != 0)) {
+        result.cacheResumed_ = cacheResumed_;
       }
     }
 
@@ -448,6 +541,15 @@ private static final long serialVersionUID = 0L;
       if (other.getFlopsSaved() != 0D) {
         setFlopsSaved(other.getFlopsSaved());
       }
+      if (other.getCachedFlops() != 0D) {
+        setCachedFlops(other.getCachedFlops());
+      }
+      if (other.getCacheHits() != 0) {
+        setCacheHits(other.getCacheHits());
+      }
+      if (other.getCacheResumed() != 0) {
+        setCacheResumed(other.getCacheResumed());
+      }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
       return this;
@@ -494,6 +596,21 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000008;
               break;
             } // case 33
+            case 41: {
+              cachedFlops_ = input.readDouble();
+              bitField0_ |= 0x00000010;
+              break;
+            } // case 41
+            case 48: {
+              cacheHits_ = input.readInt32();
+              bitField0_ |= 0x00000020;
+              break;
+            } // case 48
+            case 56: {
+              cacheResumed_ = input.readInt32();
+              bitField0_ |= 0x00000040;
+              break;
+            } // case 56
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -647,7 +764,8 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Fraction of full_flops not spent, 1 - flops / full_flops (0 when full_flops is 0). Below 0 if the
-     * request cost more than a full run (e.g. scoring at many head layers).
+     * request cost more than a full run (e.g. scoring at many head layers). Work the cache stood in for
+     * counts as spent here: 1 - (flops + cached_flops) / full_flops, so a cache hit is not an early exit.
      * </pre>
      *
      * <code>double flops_saved = 4;</code>
@@ -660,7 +778,8 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Fraction of full_flops not spent, 1 - flops / full_flops (0 when full_flops is 0). Below 0 if the
-     * request cost more than a full run (e.g. scoring at many head layers).
+     * request cost more than a full run (e.g. scoring at many head layers). Work the cache stood in for
+     * counts as spent here: 1 - (flops + cached_flops) / full_flops, so a cache hit is not an early exit.
      * </pre>
      *
      * <code>double flops_saved = 4;</code>
@@ -677,7 +796,8 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Fraction of full_flops not spent, 1 - flops / full_flops (0 when full_flops is 0). Below 0 if the
-     * request cost more than a full run (e.g. scoring at many head layers).
+     * request cost more than a full run (e.g. scoring at many head layers). Work the cache stood in for
+     * counts as spent here: 1 - (flops + cached_flops) / full_flops, so a cache hit is not an early exit.
      * </pre>
      *
      * <code>double flops_saved = 4;</code>
@@ -686,6 +806,138 @@ private static final long serialVersionUID = 0L;
     public Builder clearFlopsSaved() {
       bitField0_ = (bitField0_ & ~0x00000008);
       flopsSaved_ = 0D;
+      onChanged();
+      return this;
+    }
+
+    private double cachedFlops_ ;
+    /**
+     * <pre>
+     * FLOPs earlier requests spent on the cached layers this request reused (not spent again here).
+     * </pre>
+     *
+     * <code>double cached_flops = 5;</code>
+     * @return The cachedFlops.
+     */
+    @java.lang.Override
+    public double getCachedFlops() {
+      return cachedFlops_;
+    }
+    /**
+     * <pre>
+     * FLOPs earlier requests spent on the cached layers this request reused (not spent again here).
+     * </pre>
+     *
+     * <code>double cached_flops = 5;</code>
+     * @param value The cachedFlops to set.
+     * @return This builder for chaining.
+     */
+    public Builder setCachedFlops(double value) {
+      
+      cachedFlops_ = value;
+      bitField0_ |= 0x00000010;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * FLOPs earlier requests spent on the cached layers this request reused (not spent again here).
+     * </pre>
+     *
+     * <code>double cached_flops = 5;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearCachedFlops() {
+      bitField0_ = (bitField0_ & ~0x00000010);
+      cachedFlops_ = 0D;
+      onChanged();
+      return this;
+    }
+
+    private int cacheHits_ ;
+    /**
+     * <pre>
+     * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+     * </pre>
+     *
+     * <code>int32 cache_hits = 6;</code>
+     * @return The cacheHits.
+     */
+    @java.lang.Override
+    public int getCacheHits() {
+      return cacheHits_;
+    }
+    /**
+     * <pre>
+     * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+     * </pre>
+     *
+     * <code>int32 cache_hits = 6;</code>
+     * @param value The cacheHits to set.
+     * @return This builder for chaining.
+     */
+    public Builder setCacheHits(int value) {
+      
+      cacheHits_ = value;
+      bitField0_ |= 0x00000020;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+     * </pre>
+     *
+     * <code>int32 cache_hits = 6;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearCacheHits() {
+      bitField0_ = (bitField0_ & ~0x00000020);
+      cacheHits_ = 0;
+      onChanged();
+      return this;
+    }
+
+    private int cacheResumed_ ;
+    /**
+     * <pre>
+     * Documents resumed from a cached layer state and run deeper from there.
+     * </pre>
+     *
+     * <code>int32 cache_resumed = 7;</code>
+     * @return The cacheResumed.
+     */
+    @java.lang.Override
+    public int getCacheResumed() {
+      return cacheResumed_;
+    }
+    /**
+     * <pre>
+     * Documents resumed from a cached layer state and run deeper from there.
+     * </pre>
+     *
+     * <code>int32 cache_resumed = 7;</code>
+     * @param value The cacheResumed to set.
+     * @return This builder for chaining.
+     */
+    public Builder setCacheResumed(int value) {
+      
+      cacheResumed_ = value;
+      bitField0_ |= 0x00000040;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Documents resumed from a cached layer state and run deeper from there.
+     * </pre>
+     *
+     * <code>int32 cache_resumed = 7;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearCacheResumed() {
+      bitField0_ = (bitField0_ & ~0x00000040);
+      cacheResumed_ = 0;
       onChanged();
       return this;
     }

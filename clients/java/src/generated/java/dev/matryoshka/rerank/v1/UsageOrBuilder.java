@@ -40,11 +40,42 @@ public interface UsageOrBuilder extends
   /**
    * <pre>
    * Fraction of full_flops not spent, 1 - flops / full_flops (0 when full_flops is 0). Below 0 if the
-   * request cost more than a full run (e.g. scoring at many head layers).
+   * request cost more than a full run (e.g. scoring at many head layers). Work the cache stood in for
+   * counts as spent here: 1 - (flops + cached_flops) / full_flops, so a cache hit is not an early exit.
    * </pre>
    *
    * <code>double flops_saved = 4;</code>
    * @return The flopsSaved.
    */
   double getFlopsSaved();
+
+  /**
+   * <pre>
+   * FLOPs earlier requests spent on the cached layers this request reused (not spent again here).
+   * </pre>
+   *
+   * <code>double cached_flops = 5;</code>
+   * @return The cachedFlops.
+   */
+  double getCachedFlops();
+
+  /**
+   * <pre>
+   * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+   * </pre>
+   *
+   * <code>int32 cache_hits = 6;</code>
+   * @return The cacheHits.
+   */
+  int getCacheHits();
+
+  /**
+   * <pre>
+   * Documents resumed from a cached layer state and run deeper from there.
+   * </pre>
+   *
+   * <code>int32 cache_resumed = 7;</code>
+   * @return The cacheResumed.
+   */
+  int getCacheResumed();
 }

@@ -10,6 +10,7 @@ import static org.junit.Assume.assumeTrue;
 import com.google.protobuf.Any;
 import com.google.rpc.BadRequest;
 import dev.matryoshka.rerank.v1.Budget;
+import dev.matryoshka.rerank.v1.CacheMode;
 import dev.matryoshka.rerank.v1.ModelInfo;
 import dev.matryoshka.rerank.v1.RerankRequest;
 import dev.matryoshka.rerank.v1.RerankResponse;
@@ -140,6 +141,7 @@ public class RerankClientTest {
               RerankClient.request(QUERY, DOCS)
                   .setBudget(RerankClient.latencyBudget(Duration.ofSeconds(60)))
                   .setRequestId("java-1")
+                  .setCacheMode(CacheMode.CACHE_MODE_BYPASS) // computed, not an earlier test's hit
                   .build());
       assertEquals(DOCS.length, response.getResultsCount());
       assertEquals(2, response.getResults(0).getIndex());
