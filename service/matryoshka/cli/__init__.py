@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from matryoshka.cli import bench, rerank, serve, train
+from matryoshka.cli import bench, minilm, rerank, serve, train
 from matryoshka.cli import eval as evaluation  # not to shadow the builtin
 
 app = typer.Typer(
@@ -16,3 +16,4 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(evaluation.app, name="eval")
 app.command("train")(train.train_command)
 app.command("distill")(train.distill_command)
+app.command("minilm-lens")(minilm.minilm_lens_command)

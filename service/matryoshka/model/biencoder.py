@@ -151,11 +151,12 @@ class CosineScorer(Scorer):
         return tuple(int(layer) for layer in self.lens)
 
     def translate(self, layer: int, pooled: Tensor) -> Tensor:
-        """Map pooled states of `layer` into the last layer's space (identity where no lens)."""
+        """Map pooled states of `layer` into the last layer's space (unchanged where no lens)."""
         if str(layer) not in self.lens:
             return pooled
         linear: Any = self.lens[str(layer)]
-        return linear(pooled.to(linear.weight.dtype)).float()  # type: ignore[no-any-return]
+        unit = torch.nn.functional.normalize(pooled.float(), dim=-1)  # the lens is fitted on unit vectors
+        return linear(unit.to(linear.weight.dtype)).float()  # type: ignore[no-any-return]
 
     def pair_logits(self, layer: int, query: Tensor, passage: Tensor) -> Tensor:
         """(batch,) cosine of already pooled query and passage states of `layer`."""
