@@ -112,10 +112,11 @@ def minilm_lens_command(
         sel_qrels = sel_collection.qrels(DataSource.parse(select).split, unknown_docs="keep")
         lensed = layer_logits(sel_collection, sel_qids, sel_run)
         saved_lens = {k: v.clone() for k, v in scorer.lens.state_dict().items()}
-        install_pooled_lens(scorer, {layer: (torch.eye(384), torch.zeros(384)) for layer in layers})
+        hidden = scorer.backbone.hidden_size
+        install_pooled_lens(scorer, {layer: (torch.eye(hidden), torch.zeros(hidden)) for layer in layers})
         raw = layer_logits(sel_collection, sel_qids, sel_run)
         scorer.lens.load_state_dict(saved_lens)
-    except DataError as exc:
+    except (DataError, ValueError) as exc:  # unusable data, or calibration labels of one class
         fail(str(exc), cause=exc)
     pairs = [(q, d) for q in sel_qids for d in sel_run[q]]
 
@@ -123,10 +124,10 @@ def minilm_lens_command(
         run: dict[str, dict[str, float]] = {}
         for (q, d), s in zip(pairs, scores.tolist(), strict=True):
             run.setdefault(q, {})[d] = s
-        return evaluate(run, sel_qrels)["nDCG@10"]
+        return evaluate(run, sel_qrels)["ndcg@10"]
 
     table = {
-        "bm25": evaluate(sel_run, sel_qrels)["nDCG@10"],
+        "bm25": evaluate(sel_run, sel_qrels)["ndcg@10"],
         "raw": {layer: ndcg(raw[layer]) for layer in scorer.head_layers},
         "lens": {layer: ndcg(lensed[layer]) for layer in scorer.head_layers},
         "calibration": {layer: [f.temperature, f.bias, f.loss_after] for layer, f in calibration.items()},
