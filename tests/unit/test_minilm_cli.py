@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
 from matryoshka.cli import app
+from matryoshka.cli.minilm import simulate_exits
 from matryoshka.model import loading
 from matryoshka.model.artifact import load_artifact, read_manifest
 from matryoshka.model.biencoder import CosineScorer
@@ -37,6 +39,7 @@ def test_minilm_lens_writes_a_loadable_artifact_and_resumes_from_its_cache(
     table = json.loads(first.stdout)
     assert set(table["raw"]) == set(table["lens"]) == {"1", "2", "3"}
     assert table["raw"]["3"] == table["lens"]["3"]  # the last layer is read as is
+    assert len(table["adaptive"]) == 12
     manifest = read_manifest(tmp_path / "art")
     assert manifest["scoring"] == "cosine"
     assert manifest["lens_layers"] == [1, 2]
@@ -46,3 +49,16 @@ def test_minilm_lens_writes_a_loadable_artifact_and_resumes_from_its_cache(
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "new texts" not in again.stderr  # every pooled state came from the cache
+
+
+def test_simulated_exits_stop_at_the_first_confident_layer_from_the_minimum() -> None:
+    probs = {
+        1: torch.tensor([0.01, 0.5, 0.5, 0.995]),
+        2: torch.tensor([0.5, 0.01, 0.5, 0.5]),
+        3: torch.tensor([0.3, 0.3, 0.3, 0.3]),
+    }
+    final, exit_layer = simulate_exits(probs, min_layer=2, irrelevant=0.02, relevant=0.99)
+    assert exit_layer.tolist() == [3, 2, 3, 3]  # layer 1 is below the minimum: its exits do not count
+    torch.testing.assert_close(final, torch.tensor([0.3, 0.01, 0.3, 0.3]))
+    _, from_first = simulate_exits(probs, min_layer=1, irrelevant=0.02, relevant=0.99)
+    assert from_first.tolist() == [1, 2, 3, 1]

@@ -126,7 +126,17 @@ def minilm_lens_command(
             run.setdefault(q, {})[d] = s
         return evaluate(run, sel_qrels)["ndcg@10"]
 
+    probs = {layer: scorer.calibration.probability(layer, lensed[layer]) for layer in scorer.head_layers}
+    grid = [(m, irr) for m in (2, 3, 4) for irr in (0.02, 0.05, 0.1, 0.2)]
+    adaptive = []
+    for min_layer, irrelevant in grid:
+        final, exit_layer = simulate_exits(probs, min_layer, irrelevant, 0.99)
+        saved = 1 - float(exit_layer.float().mean()) / scorer.backbone.num_layers
+        adaptive.append(
+            {"min_layer": min_layer, "irrelevant": irrelevant, "ndcg@10": ndcg(final), "saved": saved}
+        )
     table = {
+        "adaptive": adaptive,
         "bm25": evaluate(sel_run, sel_qrels)["ndcg@10"],
         "raw": {layer: ndcg(raw[layer]) for layer in scorer.head_layers},
         "lens": {layer: ndcg(lensed[layer]) for layer in scorer.head_layers},
@@ -137,3 +147,25 @@ def minilm_lens_command(
     settings = {"fit": [str(p) for p in fit], "max_texts": max_texts, "ridge": ridge, "calibrate": calibrate}
     model.calibration_version = f"platt-{DataSource.parse(calibrate).path.name}"
     save_artifact(model, out, provenance=Provenance(command_line(), {}, settings, {"select": table}))
+
+
+def simulate_exits(
+    probs: dict[int, Any], min_layer: int, irrelevant: float, relevant: float
+) -> tuple[Any, Any]:
+    """The confidence exit (engine/exits.py) replayed on per-layer calibrated probabilities: each pair
+    stops at the first layer >= `min_layer` where p <= `irrelevant` or p >= `relevant`, else at the last.
+    Returns the probability each pair is ranked by and its exit layer."""
+    import torch
+
+    layers = sorted(probs)
+    final = probs[layers[-1]].clone()
+    exit_layer = torch.full_like(final, layers[-1], dtype=torch.long)
+    running = torch.ones_like(final, dtype=torch.bool)
+    for layer in layers[:-1]:
+        if layer < min_layer:
+            continue
+        stop = running & ((probs[layer] <= irrelevant) | (probs[layer] >= relevant))
+        final[stop] = probs[layer][stop]
+        exit_layer[stop] = layer
+        running &= ~stop
+    return final, exit_layer
