@@ -152,3 +152,30 @@ def test_minilm_reranker_runs_depth_and_width() -> None:
     assert sorted(d.index for d in result.results) == [0, 1, 2, 3]
     assert all(d.exit_layer == 4 for d in result.results)
     assert result.usage.flops_saved > 1 / 3
+
+
+def test_minilm_split_pair_is_the_sentence_transformers_bi_encoder(minilm_fp32) -> None:  # type: ignore[no-untyped-def]
+    """all-MiniLM-L6-v2's own pipeline (tokenizer with its special tokens, mean pooling over the mask,
+    cosine) gives the split-pair model's full-depth score, and that score ranks the easy cases."""
+    model = MatryoshkaModel.from_hf(
+        "minilm-l6",
+        minilm_fp32.model,
+        minilm_fp32.tokenizer,
+        scoring="cosine",
+        fingerprint=minilm_fp32.sha256,
+    )
+    tokenizer, hf_model = minilm_fp32.tokenizer, minilm_fp32.model
+    for (query, passages), relevant in zip(EASY, RELEVANT, strict=True):
+        batch = tokenizer(
+            [query, *passages], padding=True, truncation=True, max_length=256, return_tensors="pt"
+        )
+        with torch.no_grad():
+            hidden = hf_model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        expected = pooled[1:] @ pooled[0]
+        (result,) = Executor(model).run([Job(query, passages, Plan().resolve(model.info))])
+        assert isinstance(result, JobResult)
+        got = torch.tensor([o.logit for o in sorted(result.outcomes, key=lambda o: o.index)])
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        assert int(got.argmax()) == relevant

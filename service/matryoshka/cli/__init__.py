@@ -1,10 +1,11 @@
-"""Command line: `matryoshka serve | rerank | bench | eval | train | distill`, one module per group."""
+"""Command line: `matryoshka serve | rerank | bench | eval | train | distill | minilm-lens | teacher-run`,
+one module per group."""
 
 from __future__ import annotations
 
 import typer
 
-from matryoshka.cli import bench, rerank, serve, train
+from matryoshka.cli import bench, minilm, rerank, serve, teacher, train
 from matryoshka.cli import eval as evaluation  # not to shadow the builtin
 
 app = typer.Typer(
@@ -16,3 +17,5 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(evaluation.app, name="eval")
 app.command("train")(train.train_command)
 app.command("distill")(train.distill_command)
+app.command("minilm-lens")(minilm.minilm_lens_command)
+app.command("teacher-run")(teacher.teacher_run_command)

@@ -35,7 +35,10 @@ MaxQueriesOpt = Annotated[
 DtypeOpt = Annotated[str, typer.Option(help="bfloat16 (what the service serves) or float32.")]
 ScoringOpt = Annotated[
     str | None,
-    typer.Option(help="heads (untrained) or query_likelihood (zero-shot); default: the shipped artifact."),
+    typer.Option(
+        help="heads (untrained), query_likelihood (zero-shot) or cosine (encoders: the bi-encoder's "
+        "per-layer cosine); default: the shipped artifact."
+    ),
 ]
 ArtifactOpt = Annotated[
     str | None, typer.Option(help="Trained artifact directory (default: the shipped one).")
@@ -66,8 +69,10 @@ def load_reranker(model: str, dtype: str, scoring: str | None, artifact: str | N
     """Load the model the eval commands re-rank with (tests replace this function with a tiny model)."""
     from matryoshka.engine.reranker import Reranker
 
-    if scoring not in (None, "heads", "query_likelihood"):
-        raise typer.BadParameter(f"use heads or query_likelihood, got {scoring!r}", param_hint="--scoring")
+    if scoring not in (None, "heads", "query_likelihood", "cosine"):
+        raise typer.BadParameter(
+            f"use heads, query_likelihood or cosine, got {scoring!r}", param_hint="--scoring"
+        )
     try:
         return Reranker.load(model, dtype=dtype, scoring=scoring, artifact=artifact)  # type: ignore[arg-type]
     except ValueError as exc:  # unknown backbone or dtype, or an artifact that does not fit

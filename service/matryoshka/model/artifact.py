@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from matryoshka.model.biencoder import CosineScorer
 from matryoshka.model.compensation import Compensation, CompensationConfig
 from matryoshka.model.heads import HeadScorer, QueryLikelihoodScorer, Scorer
 from matryoshka.model.loading import BACKBONES, LoadedBackbone, load_backbone, sha256_file
@@ -113,7 +114,7 @@ def save_artifact(
         "template": {"name": model.template.name, "version": model.template.version},
         "scoring": scorer.name,
         "head_layers": list(scorer.head_layers),
-        "lens_layers": list(scorer.lens.layers) if isinstance(scorer, QueryLikelihoodScorer) else [],
+        "lens_layers": _lens_layers(scorer),
         "calibration": {
             "version": model.calibration_version,
             "temperature": calibration.temperature.tolist(),
@@ -205,9 +206,18 @@ def _trained(scorer: Scorer) -> torch.nn.Module:
     """The module holding what training gave a scorer: its heads, or its depth lens."""
     if isinstance(scorer, HeadScorer):
         return scorer.heads
-    if isinstance(scorer, QueryLikelihoodScorer):
+    if isinstance(scorer, QueryLikelihoodScorer | CosineScorer):
         return scorer.lens
     raise ArtifactError(f"a {scorer.name} scorer has nothing trained to save")
+
+
+def _lens_layers(scorer: Scorer) -> list[int]:
+    """The layers a scorer reads through a trained lens (none for heads)."""
+    if isinstance(scorer, QueryLikelihoodScorer):
+        return list(scorer.lens.layers)
+    if isinstance(scorer, CosineScorer):
+        return list(scorer.lens_layers)
+    return []
 
 
 def _compensation_config(compensation: Compensation | None) -> dict[str, Any] | None:

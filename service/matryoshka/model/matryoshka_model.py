@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from matryoshka.model.backbone import Backbone
+from matryoshka.model.biencoder import CosineScorer, SplitEncoderBackbone, SplitPairPrompt
 from matryoshka.model.heads import HeadScorer, QueryLikelihoodScorer, Scorer
 from matryoshka.model.loading import LoadedBackbone
 from matryoshka.model.prompt import (
@@ -23,8 +24,8 @@ from matryoshka.model.prompt import (
 )
 from matryoshka.model.state import LayerState
 
-Scoring = Literal["heads", "query_likelihood"]
-TemplateName = Literal["relevance", "query_likelihood", "encoder_pair"]
+Scoring = Literal["heads", "query_likelihood", "cosine"]
+TemplateName = Literal["relevance", "query_likelihood", "encoder_pair", "split_pair"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,19 @@ class ModelInfo:
 
 def make_template(name: str, tokenizer: Any, backbone: Backbone) -> PromptTemplate:
     """The prompt template called `name` for this tokenizer and backbone family."""
-    if (name == "encoder_pair") != (backbone.family == "encoder"):
+    if (name in ("encoder_pair", "split_pair")) != (backbone.family == "encoder"):
         raise ValueError(f"template {name!r} does not fit a {backbone.family} backbone")
+    if name == "split_pair":
+        return SplitPairPrompt(tokenizer, tokenizer.cls_token_id, tokenizer.sep_token_id)
     if name == "encoder_pair":
         return EncoderPairPrompt(tokenizer, tokenizer.cls_token_id, tokenizer.sep_token_id)
     if name == "query_likelihood":
         return QueryLikelihoodPrompt(tokenizer)
     if name == "relevance":
         return RelevancePrompt(tokenizer)
-    raise ValueError(f"unknown template {name!r}; use relevance, query_likelihood or encoder_pair")
+    raise ValueError(
+        f"unknown template {name!r}; use relevance, query_likelihood, encoder_pair or split_pair"
+    )
 
 
 class MatryoshkaModel(nn.Module):
@@ -101,15 +106,21 @@ class MatryoshkaModel(nn.Module):
 
         The template defaults to the scoring's own layout (the relevance prompt for heads); heads may
         also read the query-likelihood layout, whose last query token then is the anchor.
-        `lens_layers` gives query-likelihood scoring a (zero-initialised) depth lens at those layers.
+        `lens_layers` gives query-likelihood scoring a (zero-initialised) depth lens at those layers,
+        cosine scoring (encoders: the split-pair bi-encoder layout) an identity-initialised pooled lens.
         """
-        if lens_layers and scoring != "query_likelihood":
-            raise ValueError("a depth lens belongs to query-likelihood scoring")
+        if lens_layers and scoring not in ("query_likelihood", "cosine"):
+            raise ValueError("a lens belongs to query-likelihood or cosine scoring")
+        if scoring == "cosine":
+            split = SplitEncoderBackbone(hf_model)
+            scorer: Scorer = CosineScorer(split, head_layers, lens_layers)
+            scorer.to(split.device)
+            template_ = make_template("split_pair", tokenizer, split)
+            return cls(name, split, tokenizer, template_, scorer, fingerprint)
         backbone = Backbone.wrap(hf_model)
-        scorer: Scorer
         if backbone.family == "encoder":
             if scoring != "heads":
-                raise ValueError("encoder backbones score with heads only")
+                raise ValueError("encoder backbones score with heads or cosine")
             template = template or "encoder_pair"
             scorer = HeadScorer(backbone, head_layers or range(1, backbone.num_layers + 1))
         elif scoring == "query_likelihood":
