@@ -61,3 +61,21 @@ def test_a_nan_score_is_an_error_not_a_dropped_document() -> None:
     with pytest.raises(NonFiniteScoreError, match=r"\[1\]"):
         to_results(call, outcomes)
     assert len(to_results(call, outcomes, running_ok=True)) == 1  # a stage: row 1 not scored yet
+
+
+@pytest.mark.parametrize(
+    ("scoring", "mode"),
+    [
+        ("heads", pb.SCORING_MODE_HEADS),
+        ("query_likelihood", pb.SCORING_MODE_QUERY_LIKELIHOOD),
+        ("cosine", pb.SCORING_MODE_COSINE),
+    ],
+)
+def test_every_scoring_mode_has_a_wire_name(scoring: str, mode: int) -> None:
+    from matryoshka.model.matryoshka_model import ModelInfo
+    from matryoshka.server.settings import Settings
+    from matryoshka.server.translate import to_model_info
+
+    info = ModelInfo("m", "encoder", 6, 384, (2, 4, 6), scoring, "v1", "fp", "identity")  # type: ignore[arg-type]
+    message = to_model_info(info, Settings(), "float32")
+    assert (message.scoring, list(message.head_layers), message.dtype) == (mode, [2, 4, 6], "float32")

@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
         "auto", description="auto: bf16 only where a start-up matmul probe finds it faster than fp32"
     )
-    scoring: Literal["heads", "query_likelihood"] | None = Field(None, description="default: by model family")
+    scoring: Literal["heads", "query_likelihood", "cosine"] | None = Field(
+        None, description="default: by model family (cosine: the split-pair MiniLM bi-encoder)"
+    )
     artifact: str | None = Field(None, description="Trained artifact directory (default: the one shipped)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     max_documents: int = Field(1000, ge=1)

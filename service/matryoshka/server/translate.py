@@ -252,7 +252,11 @@ def _wire_field(v: FieldViolation, req: pb.RerankRequest) -> FieldViolation:
 
 EXIT_REASONS = {reason: pb.ExitReason.Value(f"EXIT_REASON_{reason.name}") for reason in ExitReason}
 FAMILIES = {"decoder": pb.MODEL_FAMILY_DECODER, "encoder": pb.MODEL_FAMILY_ENCODER}
-SCORINGS = {"heads": pb.SCORING_MODE_HEADS, "query_likelihood": pb.SCORING_MODE_QUERY_LIKELIHOOD}
+SCORINGS = {
+    "heads": pb.SCORING_MODE_HEADS,
+    "query_likelihood": pb.SCORING_MODE_QUERY_LIKELIHOOD,
+    "cosine": pb.SCORING_MODE_COSINE,
+}
 
 
 def to_results(call: RerankCall, outcomes: list[Outcome], running_ok: bool = False) -> list[pb.RerankResult]:

@@ -192,8 +192,8 @@ class ModelLimits:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model the server serves. `family` is "decoder" or "encoder", `scoring` "heads" or
-    "query_likelihood" ("" if the server does not say)."""
+    """A model the server serves. `family` is "decoder" or "encoder", `scoring` "heads",
+    "query_likelihood" or "cosine" ("" if the server does not say)."""
 
     name: str
     family: str

@@ -208,6 +208,8 @@ class _ScoringModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScoringMo
     """Trained relevance heads on ModelInfo.head_layers."""
     SCORING_MODE_QUERY_LIKELIHOOD: _ScoringMode.ValueType  # 2
     """Zero-shot query likelihood: mean log p(query | document) (final layer unless more heads exist)."""
+    SCORING_MODE_COSINE: _ScoringMode.ValueType  # 3
+    """Split-pair bi-encoder: cosine of the mean-pooled query and passage sides at each exit layer."""
 
 class ScoringMode(_ScoringMode, metaclass=_ScoringModeEnumTypeWrapper):
     """How a model scores a pair."""
@@ -218,6 +220,8 @@ SCORING_MODE_HEADS: ScoringMode.ValueType  # 1
 """Trained relevance heads on ModelInfo.head_layers."""
 SCORING_MODE_QUERY_LIKELIHOOD: ScoringMode.ValueType  # 2
 """Zero-shot query likelihood: mean log p(query | document) (final layer unless more heads exist)."""
+SCORING_MODE_COSINE: ScoringMode.ValueType  # 3
+"""Split-pair bi-encoder: cosine of the mean-pooled query and passage sides at each exit layer."""
 Global___ScoringMode: _TypeAlias = ScoringMode  # noqa: Y015
 
 @_typing.final

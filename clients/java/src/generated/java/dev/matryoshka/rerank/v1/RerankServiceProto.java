@@ -197,20 +197,21 @@ public final class RerankServiceProto {
       "\005\022\026\n\022EXIT_REASON_BUDGET\020\006\022\031\n\025EXIT_REASON" +
       "_CACHE_HIT\020\007*_\n\013ModelFamily\022\034\n\030MODEL_FAM" +
       "ILY_UNSPECIFIED\020\000\022\030\n\024MODEL_FAMILY_DECODE" +
-      "R\020\001\022\030\n\024MODEL_FAMILY_ENCODER\020\002*f\n\013Scoring" +
+      "R\020\001\022\030\n\024MODEL_FAMILY_ENCODER\020\002*\177\n\013Scoring" +
       "Mode\022\034\n\030SCORING_MODE_UNSPECIFIED\020\000\022\026\n\022SC" +
       "ORING_MODE_HEADS\020\001\022!\n\035SCORING_MODE_QUERY" +
-      "_LIKELIHOOD\020\0022\212\002\n\rRerankService\022E\n\006Reran" +
-      "k\022\034.matryoshka.v1.RerankRequest\032\035.matryo" +
-      "shka.v1.RerankResponse\022Y\n\014StreamRerank\022\"" +
-      ".matryoshka.v1.StreamRerankRequest\032#.mat" +
-      "ryoshka.v1.StreamRerankResponse0\001\022W\n\014Get" +
-      "ModelInfo\022\".matryoshka.v1.GetModelInfoRe" +
-      "quest\032#.matryoshka.v1.GetModelInfoRespon" +
-      "seB\206\001\n\030dev.matryoshka.rerank.v1B\022RerankS" +
-      "erviceProtoP\001ZTgithub.com/matryoshka-rer" +
-      "ank/matryoshka-rerank/clients/go/matryos" +
-      "hka/v1;matryoshkav1b\006proto3"
+      "_LIKELIHOOD\020\002\022\027\n\023SCORING_MODE_COSINE\020\0032\212" +
+      "\002\n\rRerankService\022E\n\006Rerank\022\034.matryoshka." +
+      "v1.RerankRequest\032\035.matryoshka.v1.RerankR" +
+      "esponse\022Y\n\014StreamRerank\022\".matryoshka.v1." +
+      "StreamRerankRequest\032#.matryoshka.v1.Stre" +
+      "amRerankResponse0\001\022W\n\014GetModelInfo\022\".mat" +
+      "ryoshka.v1.GetModelInfoRequest\032#.matryos" +
+      "hka.v1.GetModelInfoResponseB\206\001\n\030dev.matr" +
+      "yoshka.rerank.v1B\022RerankServiceProtoP\001ZT" +
+      "github.com/matryoshka-rerank/matryoshka-" +
+      "rerank/clients/go/matryoshka/v1;matryosh" +
+      "kav1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,

@@ -36,6 +36,14 @@ public enum ScoringMode
    * <code>SCORING_MODE_QUERY_LIKELIHOOD = 2;</code>
    */
   SCORING_MODE_QUERY_LIKELIHOOD(2),
+  /**
+   * <pre>
+   * Split-pair bi-encoder: cosine of the mean-pooled query and passage sides at each exit layer.
+   * </pre>
+   *
+   * <code>SCORING_MODE_COSINE = 3;</code>
+   */
+  SCORING_MODE_COSINE(3),
   UNRECOGNIZED(-1),
   ;
 
@@ -63,6 +71,14 @@ public enum ScoringMode
    * <code>SCORING_MODE_QUERY_LIKELIHOOD = 2;</code>
    */
   public static final int SCORING_MODE_QUERY_LIKELIHOOD_VALUE = 2;
+  /**
+   * <pre>
+   * Split-pair bi-encoder: cosine of the mean-pooled query and passage sides at each exit layer.
+   * </pre>
+   *
+   * <code>SCORING_MODE_COSINE = 3;</code>
+   */
+  public static final int SCORING_MODE_COSINE_VALUE = 3;
 
 
   public final int getNumber() {
@@ -92,6 +108,7 @@ public enum ScoringMode
       case 0: return SCORING_MODE_UNSPECIFIED;
       case 1: return SCORING_MODE_HEADS;
       case 2: return SCORING_MODE_QUERY_LIKELIHOOD;
+      case 3: return SCORING_MODE_COSINE;
       default: return null;
     }
   }
