@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test lint stubs bench serve demo clean
+.PHONY: setup toolchains test lint stubs bench serve demo clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,10 @@ lint: setup
 stubs: setup
 	$(PY) clients/python/generate.py
 
-test: setup lint
+toolchains:
+	scripts/client-toolchains.sh
+
+test: setup toolchains lint
 	$(VENV)/bin/pytest -q
 
 bench: setup

@@ -1,6 +1,6 @@
 """The Go and Java toolchains the client tests need: skip without them, except in CI, where that fails.
 
-.ci/run installs them (Debian 12 packages); a developer machine may lack them. With CI=true a missing
+scripts/client-toolchains.sh (run by make test) installs them (Debian 12 packages); a developer machine may lack them. With CI=true a missing
 tool is an error, so CI can never pass by skipping the Go and Java tests.
 """
 
@@ -20,7 +20,7 @@ def require(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if not missing:
         return
-    message = f"toolchain not installed: {', '.join(missing)} (run .ci/run's apt-get line)"
+    message = f"toolchain not installed: {', '.join(missing)} (run scripts/client-toolchains.sh as root)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + "; CI=true, so this is an error")
     pytest.skip(message)
