@@ -1,7 +1,8 @@
 """The Go and Java toolchains the client tests need: skip without them, except in CI, where that fails.
 
-scripts/client-toolchains.sh (run by make test) installs them (Debian 12 packages); a developer machine may lack them. With CI=true a missing
-tool is an error, so CI can never pass by skipping the Go and Java tests.
+scripts/client-toolchains.sh (run by make test) installs them (Debian 12 packages); a developer machine
+may lack them. With CI=true a missing tool is an error, so CI can never pass by skipping the Go and Java
+tests.
 """
 
 from __future__ import annotations
