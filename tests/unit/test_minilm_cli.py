@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
 from matryoshka.cli import app
-from matryoshka.cli.minilm import simulate_exits
+from matryoshka.eval.layer_selection import simulate_exits
 from matryoshka.model import loading
 from matryoshka.model.artifact import load_artifact, read_manifest
 from matryoshka.model.biencoder import CosineScorer

@@ -48,7 +48,6 @@ def teacher_run_command(
     if data is None:
         fail("--data DIR:SPLIT is needed to score a teacher")
     from matryoshka.engine.reranker import Reranker
-    from matryoshka.model.prompt import Truncation
 
     started = time.perf_counter()
     try:
@@ -63,10 +62,9 @@ def teacher_run_command(
         reranker = Reranker.load("smollm2-135m", dtype=dtype, scoring="query_likelihood")
     else:
         reranker = Reranker.load("minilm-l6", dtype=dtype, scoring="cosine")
-    truncation = Truncation()
 
     def score(query: str, passages: list[str]) -> list[float]:
-        result = reranker.rerank(query, passages, score_type="logit", truncation=truncation)
+        result = reranker.rerank(query, passages, score_type="logit")
         by_index = {r.index: r.score for r in result.results}
         return [by_index[i] for i in range(len(passages))]
 
