@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from matryoshka.data.datasets import Qrels, Run
+from matryoshka.engine.exits import ConfidencePolicy
+from matryoshka.engine.plan import ConfidenceExit
 from matryoshka.eval.metrics import evaluate
 
 EXIT_GRID = tuple((m, irrelevant) for m in (2, 3, 4) for irrelevant in (0.02, 0.05, 0.1, 0.2))
@@ -18,19 +20,19 @@ EXIT_GRID = tuple((m, irrelevant) for m in (2, 3, 4) for irrelevant in (0.02, 0.
 def simulate_exits(
     probs: Mapping[int, Tensor], min_layer: int, irrelevant: float, relevant: float
 ) -> tuple[Tensor, Tensor]:
-    """The confidence exit replayed: each pair stops at the first layer >= `min_layer` where
-    p <= `irrelevant` or p >= `relevant`, else at the last. Returns the ranking probability and exit layer."""
+    """The engine's confidence exit (`ConfidencePolicy`) replayed on per-layer calibrated probabilities:
+    each pair stops at the first layer where the policy lets it, else at the last. Returns the
+    probability each pair is ranked by and its exit layer."""
+    policy = ConfidencePolicy(ConfidenceExit(relevant=relevant, irrelevant=irrelevant, min_layer=min_layer))
     layers = sorted(probs)
     final = probs[layers[-1]].clone()
     exit_layer = torch.full_like(final, layers[-1], dtype=torch.long)
     running = torch.ones_like(final, dtype=torch.bool)
     for layer in layers[:-1]:
-        if layer < min_layer:
-            continue
-        stop = running & ((probs[layer] <= irrelevant) | (probs[layer] >= relevant))
+        stop = list(policy.decide(layer, probs[layer], running))
         final[stop] = probs[layer][stop]
         exit_layer[stop] = layer
-        running &= ~stop
+        running[stop] = False
     return final, exit_layer
 
 
