@@ -46,6 +46,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Aggregate:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AggregateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Aggregate.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGGREGATE_UNSPECIFIED: _Aggregate.ValueType  # 0
+    """Same as AGGREGATE_MAX."""
+    AGGREGATE_MAX: _Aggregate.ValueType  # 1
+    """The best window's score ("MaxP"); the result's window is that window."""
+    AGGREGATE_FIRST: _Aggregate.ValueType  # 2
+    """The first window's score ("FirstP"); only the first window runs."""
+    AGGREGATE_MEAN: _Aggregate.ValueType  # 3
+    """The mean of the windows' calibrated logits; the result's window is the best-scoring one."""
+
+class Aggregate(_Aggregate, metaclass=_AggregateEnumTypeWrapper):
+    """How a document's score is made from its windows' scores."""
+
+AGGREGATE_UNSPECIFIED: Aggregate.ValueType  # 0
+"""Same as AGGREGATE_MAX."""
+AGGREGATE_MAX: Aggregate.ValueType  # 1
+"""The best window's score ("MaxP"); the result's window is that window."""
+AGGREGATE_FIRST: Aggregate.ValueType  # 2
+"""The first window's score ("FirstP"); only the first window runs."""
+AGGREGATE_MEAN: Aggregate.ValueType  # 3
+"""The mean of the windows' calibrated logits; the result's window is the best-scoring one."""
+Global___Aggregate: _TypeAlias = Aggregate  # noqa: Y015
+
 class _ScoreType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -243,6 +271,8 @@ class RerankRequest(_message.Message):
     TRUNCATION_FIELD_NUMBER: _builtins.int
     CACHE_MODE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CHUNKING_FIELD_NUMBER: _builtins.int
+    MIN_SCORE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Name of the model to use, as listed by GetModelInfo. Empty = the server's default model."""
     query: _builtins.str
@@ -262,6 +292,11 @@ class RerankRequest(_message.Message):
     request_id: _builtins.str
     """The caller's identifier for this request, echoed in the response and logs (at most 128 characters).
     Empty = the server assigns one.
+    """
+    min_score: _builtins.float
+    """Drop results whose calibrated probability of relevance is below this value, after ranking; in [0, 1].
+    Applies whatever the score_type; with top_n, both apply (at most top_n results, all >= min_score).
+    Unset = keep every result.
     """
     @_builtins.property
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Document]:
@@ -289,6 +324,12 @@ class RerankRequest(_message.Message):
     def truncation(self) -> Global___Truncation:
         """Token limits for the query and each document. Unset = ModelInfo.default_truncation."""
 
+    @_builtins.property
+    def chunking(self) -> Global___Chunking:
+        """Split long documents into overlapping token windows instead of cutting them at
+        truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+        """
+
     def __init__(
         self,
         *,
@@ -305,14 +346,51 @@ class RerankRequest(_message.Message):
         truncation: Global___Truncation | None = ...,
         cache_mode: Global___CacheMode.ValueType = ...,
         request_id: _builtins.str = ...,
+        chunking: Global___Chunking | None = ...,
+        min_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "early_exit", b"early_exit", "truncation", b"truncation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "budget", b"budget", "chunking", b"chunking", "early_exit", b"early_exit", "min_score", b"min_score", "truncation", b"truncation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cache_mode", b"cache_mode", "depth", b"depth", "documents", b"documents", "early_exit", b"early_exit", "model", b"model", "query", b"query", "request_id", b"request_id", "return_documents", b"return_documents", "score_type", b"score_type", "top_n", b"top_n", "truncation", b"truncation", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "budget", b"budget", "cache_mode", b"cache_mode", "chunking", b"chunking", "depth", b"depth", "documents", b"documents", "early_exit", b"early_exit", "min_score", b"min_score", "model", b"model", "query", b"query", "request_id", b"request_id", "return_documents", b"return_documents", "score_type", b"score_type", "top_n", b"top_n", "truncation", b"truncation", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
+    _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_score) -> _WhichOneofReturnType__min_score | None: ...
+
+Global___RerankRequest: _TypeAlias = RerankRequest  # noqa: Y015
+
+@_typing.final
+class Chunking(_message.Message):
+    """How long documents are split into windows. Each window is a row of the engine (scored, cached, exited
+    and counted against budgets like a document); a document's score aggregates its windows' scores, and
+    its result names the window that decided it (RerankResult.window).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_TOKENS_FIELD_NUMBER: _builtins.int
+    OVERLAP_TOKENS_FIELD_NUMBER: _builtins.int
+    AGGREGATE_FIELD_NUMBER: _builtins.int
+    window_tokens: _builtins.int
+    """Document tokens per window. Required: 1..ModelInfo.limits.max_document_tokens."""
+    overlap_tokens: _builtins.int
+    """Tokens a window shares with the one before it; 0 <= overlap_tokens < window_tokens."""
+    aggregate: Global___Aggregate.ValueType
+    """How window scores make a document's score. AGGREGATE_UNSPECIFIED = AGGREGATE_MAX."""
+    def __init__(
+        self,
+        *,
+        window_tokens: _builtins.int = ...,
+        overlap_tokens: _builtins.int = ...,
+        aggregate: Global___Aggregate.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate", "overlap_tokens", b"overlap_tokens", "window_tokens", b"window_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RerankRequest: _TypeAlias = RerankRequest  # noqa: Y015
+Global___Chunking: _TypeAlias = Chunking  # noqa: Y015
 
 @_typing.final
 class Document(_message.Message):
@@ -322,21 +400,31 @@ class Document(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    FIRST_STAGE_SCORE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The caller's identifier, echoed in the result. Optional: may be empty and need not be unique."""
     text: _builtins.str
     """The text to score. Required: must not be empty."""
+    first_stage_score: _builtins.float
+    """The first-stage retriever's score for this document (BM25, a bi-encoder's cosine...): any finite
+    value, higher = better. Set it on every document of a request or on none. Where set, the server
+    never ranks worse than this order: documents no head reached keep it, and a layer whose head is weak
+    fuses its score with it. Unset = the input order stands in for it.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         text: _builtins.str = ...,
+        first_stage_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_stage_score", b"_first_stage_score", "first_stage_score", b"first_stage_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_stage_score", b"_first_stage_score", "first_stage_score", b"first_stage_score", "id", b"id", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__first_stage_score: _TypeAlias = _typing.Literal["first_stage_score"]  # noqa: Y015
+    _WhichOneofArgType__first_stage_score: _TypeAlias = _typing.Literal["_first_stage_score", b"_first_stage_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_stage_score) -> _WhichOneofReturnType__first_stage_score | None: ...
 
 Global___Document: _TypeAlias = Document  # noqa: Y015
 
@@ -635,6 +723,7 @@ class RerankResult(_message.Message):
     EXIT_LAYER_FIELD_NUMBER: _builtins.int
     EXIT_REASON_FIELD_NUMBER: _builtins.int
     DOCUMENT_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the document in RerankRequest.documents (0-based), as in Cohere's and TEI's rerank APIs."""
     id: _builtins.str
@@ -651,6 +740,10 @@ class RerankResult(_message.Message):
     """
     document: _builtins.str
     """The document's text; set only when the request asked for return_documents."""
+    @_builtins.property
+    def window(self) -> Global___Window:
+        """With Chunking: the window whose score decided the document's score. Unset without chunking."""
+
     def __init__(
         self,
         *,
@@ -660,16 +753,50 @@ class RerankResult(_message.Message):
         exit_layer: _builtins.int = ...,
         exit_reason: Global___ExitReason.ValueType = ...,
         document: _builtins.str | None = ...,
+        window: Global___Window | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_document", b"_document", "document", b"document"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_document", b"_document", "document", b"document", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_document", b"_document", "document", b"document", "exit_layer", b"exit_layer", "exit_reason", b"exit_reason", "id", b"id", "index", b"index", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_document", b"_document", "document", b"document", "exit_layer", b"exit_layer", "exit_reason", b"exit_reason", "id", b"id", "index", b"index", "score", b"score", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__document: _TypeAlias = _typing.Literal["document"]  # noqa: Y015
     _WhichOneofArgType__document: _TypeAlias = _typing.Literal["_document", b"_document"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__document) -> _WhichOneofReturnType__document | None: ...
 
 Global___RerankResult: _TypeAlias = RerankResult  # noqa: Y015
+
+@_typing.final
+class Window(_message.Message):
+    """A window of a chunked document."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Position of the window among the document's windows (0-based)."""
+    count: _builtins.int
+    """Number of windows the document was split into."""
+    start: _builtins.int
+    """Offsets into Document.text, in Unicode code points, of the window's text: [start, end)."""
+    end: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        count: _builtins.int = ...,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "end", b"end", "index", b"index", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Window: _TypeAlias = Window  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
@@ -684,6 +811,7 @@ class Usage(_message.Message):
     CACHED_FLOPS_FIELD_NUMBER: _builtins.int
     CACHE_HITS_FIELD_NUMBER: _builtins.int
     CACHE_RESUMED_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
     layer_tokens: _builtins.int
     """Sum over the layers run of the tokens processed in them (a row of 100 tokens through 3 layers = 300)."""
     flops: _builtins.float
@@ -701,6 +829,8 @@ class Usage(_message.Message):
     """Documents answered from the cache with no compute (exit reason CACHE_HIT)."""
     cache_resumed: _builtins.int
     """Documents resumed from a cached layer state and run deeper from there."""
+    rows: _builtins.int
+    """Rows the engine scored: the number of documents, or of windows when the request is chunked."""
     def __init__(
         self,
         *,
@@ -711,10 +841,11 @@ class Usage(_message.Message):
         cached_flops: _builtins.float = ...,
         cache_hits: _builtins.int = ...,
         cache_resumed: _builtins.int = ...,
+        rows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "cache_resumed", b"cache_resumed", "cached_flops", b"cached_flops", "flops", b"flops", "flops_saved", b"flops_saved", "full_flops", b"full_flops", "layer_tokens", b"layer_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "cache_resumed", b"cache_resumed", "cached_flops", b"cached_flops", "flops", b"flops", "flops_saved", b"flops_saved", "full_flops", b"full_flops", "layer_tokens", b"layer_tokens", "rows", b"rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -986,6 +1117,8 @@ class ModelLimits(_message.Message):
     MAX_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
     MAX_QUERY_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_DOCUMENT_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_WINDOWS_PER_DOCUMENT_FIELD_NUMBER: _builtins.int
+    MAX_WINDOWS_PER_REQUEST_FIELD_NUMBER: _builtins.int
     max_documents: _builtins.int
     """Most documents in one request."""
     max_request_bytes: _builtins.int
@@ -994,6 +1127,10 @@ class ModelLimits(_message.Message):
     """Most query tokens a request may keep (Truncation.max_query_tokens)."""
     max_document_tokens: _builtins.int
     """Most tokens per document a request may keep (Truncation.max_document_tokens)."""
+    max_windows_per_document: _builtins.int
+    """Most windows one document may be split into (Chunking)."""
+    max_windows_per_request: _builtins.int
+    """Most windows (rows) one chunked request may hold, all documents together."""
     def __init__(
         self,
         *,
@@ -1001,10 +1138,12 @@ class ModelLimits(_message.Message):
         max_request_bytes: _builtins.int = ...,
         max_query_tokens: _builtins.int = ...,
         max_document_tokens: _builtins.int = ...,
+        max_windows_per_document: _builtins.int = ...,
+        max_windows_per_request: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_document_tokens", b"max_document_tokens", "max_documents", b"max_documents", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_document_tokens", b"max_document_tokens", "max_documents", b"max_documents", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes", "max_windows_per_document", b"max_windows_per_document", "max_windows_per_request", b"max_windows_per_request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

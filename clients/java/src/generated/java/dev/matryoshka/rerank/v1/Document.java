@@ -49,6 +49,7 @@ private static final long serialVersionUID = 0L;
             dev.matryoshka.rerank.v1.Document.class, dev.matryoshka.rerank.v1.Document.Builder.class);
   }
 
+  private int bitField0_;
   public static final int ID_FIELD_NUMBER = 1;
   @SuppressWarnings("serial")
   private volatile java.lang.Object id_ = "";
@@ -143,6 +144,39 @@ private static final long serialVersionUID = 0L;
     }
   }
 
+  public static final int FIRST_STAGE_SCORE_FIELD_NUMBER = 3;
+  private double firstStageScore_ = 0D;
+  /**
+   * <pre>
+   * The first-stage retriever's score for this document (BM25, a bi-encoder's cosine...): any finite
+   * value, higher = better. Set it on every document of a request or on none. Where set, the server
+   * never ranks worse than this order: documents no head reached keep it, and a layer whose head is weak
+   * fuses its score with it. Unset = the input order stands in for it.
+   * </pre>
+   *
+   * <code>optional double first_stage_score = 3;</code>
+   * @return Whether the firstStageScore field is set.
+   */
+  @java.lang.Override
+  public boolean hasFirstStageScore() {
+    return ((bitField0_ & 0x00000001) != 0);
+  }
+  /**
+   * <pre>
+   * The first-stage retriever's score for this document (BM25, a bi-encoder's cosine...): any finite
+   * value, higher = better. Set it on every document of a request or on none. Where set, the server
+   * never ranks worse than this order: documents no head reached keep it, and a layer whose head is weak
+   * fuses its score with it. Unset = the input order stands in for it.
+   * </pre>
+   *
+   * <code>optional double first_stage_score = 3;</code>
+   * @return The firstStageScore.
+   */
+  @java.lang.Override
+  public double getFirstStageScore() {
+    return firstStageScore_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -163,6 +197,9 @@ private static final long serialVersionUID = 0L;
     if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(text_)) {
       com.google.protobuf.GeneratedMessageV3.writeString(output, 2, text_);
     }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      output.writeDouble(3, firstStageScore_);
+    }
     getUnknownFields().writeTo(output);
   }
 
@@ -177,6 +214,10 @@ private static final long serialVersionUID = 0L;
     }
     if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(text_)) {
       size += com.google.protobuf.GeneratedMessageV3.computeStringSize(2, text_);
+    }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeDoubleSize(3, firstStageScore_);
     }
     size += getUnknownFields().getSerializedSize();
     memoizedSize = size;
@@ -197,6 +238,12 @@ private static final long serialVersionUID = 0L;
         .equals(other.getId())) return false;
     if (!getText()
         .equals(other.getText())) return false;
+    if (hasFirstStageScore() != other.hasFirstStageScore()) return false;
+    if (hasFirstStageScore()) {
+      if (java.lang.Double.doubleToLongBits(getFirstStageScore())
+          != java.lang.Double.doubleToLongBits(
+              other.getFirstStageScore())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -212,6 +259,11 @@ private static final long serialVersionUID = 0L;
     hash = (53 * hash) + getId().hashCode();
     hash = (37 * hash) + TEXT_FIELD_NUMBER;
     hash = (53 * hash) + getText().hashCode();
+    if (hasFirstStageScore()) {
+      hash = (37 * hash) + FIRST_STAGE_SCORE_FIELD_NUMBER;
+      hash = (53 * hash) + com.google.protobuf.Internal.hashLong(
+          java.lang.Double.doubleToLongBits(getFirstStageScore()));
+    }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -347,6 +399,7 @@ private static final long serialVersionUID = 0L;
       bitField0_ = 0;
       id_ = "";
       text_ = "";
+      firstStageScore_ = 0D;
       return this;
     }
 
@@ -386,6 +439,12 @@ private static final long serialVersionUID = 0L;
       if (((from_bitField0_ & 0x00000002) != 0)) {
         result.text_ = text_;
       }
+      int to_bitField0_ = 0;
+      if (((from_bitField0_ & 0x00000004) != 0)) {
+        result.firstStageScore_ = firstStageScore_;
+        to_bitField0_ |= 0x00000001;
+      }
+      result.bitField0_ |= to_bitField0_;
     }
 
     @java.lang.Override
@@ -442,6 +501,9 @@ private static final long serialVersionUID = 0L;
         bitField0_ |= 0x00000002;
         onChanged();
       }
+      if (other.hasFirstStageScore()) {
+        setFirstStageScore(other.getFirstStageScore());
+      }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
       return this;
@@ -478,6 +540,11 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000002;
               break;
             } // case 18
+            case 25: {
+              firstStageScore_ = input.readDouble();
+              bitField0_ |= 0x00000004;
+              break;
+            } // case 25
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -675,6 +742,74 @@ private static final long serialVersionUID = 0L;
       checkByteStringIsUtf8(value);
       text_ = value;
       bitField0_ |= 0x00000002;
+      onChanged();
+      return this;
+    }
+
+    private double firstStageScore_ ;
+    /**
+     * <pre>
+     * The first-stage retriever's score for this document (BM25, a bi-encoder's cosine...): any finite
+     * value, higher = better. Set it on every document of a request or on none. Where set, the server
+     * never ranks worse than this order: documents no head reached keep it, and a layer whose head is weak
+     * fuses its score with it. Unset = the input order stands in for it.
+     * </pre>
+     *
+     * <code>optional double first_stage_score = 3;</code>
+     * @return Whether the firstStageScore field is set.
+     */
+    @java.lang.Override
+    public boolean hasFirstStageScore() {
+      return ((bitField0_ & 0x00000004) != 0);
+    }
+    /**
+     * <pre>
+     * The first-stage retriever's score for this document (BM25, a bi-encoder's cosine...): any finite
+     * value, higher = better. Set it on every document of a request or on none. Where set, the server
+     * never ranks worse than this order: documents no head reached keep it, and a layer whose head is weak
+     * fuses its score with it. Unset = the input order stands in for it.
+     * </pre>
+     *
+     * <code>optional double first_stage_score = 3;</code>
+     * @return The firstStageScore.
+     */
+    @java.lang.Override
+    public double getFirstStageScore() {
+      return firstStageScore_;
+    }
+    /**
+     * <pre>
+     * The first-stage retriever's score for this document (BM25, a bi-encoder's cosine...): any finite
+     * value, higher = better. Set it on every document of a request or on none. Where set, the server
+     * never ranks worse than this order: documents no head reached keep it, and a layer whose head is weak
+     * fuses its score with it. Unset = the input order stands in for it.
+     * </pre>
+     *
+     * <code>optional double first_stage_score = 3;</code>
+     * @param value The firstStageScore to set.
+     * @return This builder for chaining.
+     */
+    public Builder setFirstStageScore(double value) {
+      
+      firstStageScore_ = value;
+      bitField0_ |= 0x00000004;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * The first-stage retriever's score for this document (BM25, a bi-encoder's cosine...): any finite
+     * value, higher = better. Set it on every document of a request or on none. Where set, the server
+     * never ranks worse than this order: documents no head reached keep it, and a layer whose head is weak
+     * fuses its score with it. Unset = the input order stands in for it.
+     * </pre>
+     *
+     * <code>optional double first_stage_score = 3;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearFirstStageScore() {
+      bitField0_ = (bitField0_ & ~0x00000004);
+      firstStageScore_ = 0D;
       onChanged();
       return this;
     }

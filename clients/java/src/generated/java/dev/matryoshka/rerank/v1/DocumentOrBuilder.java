@@ -46,4 +46,29 @@ public interface DocumentOrBuilder extends
    */
   com.google.protobuf.ByteString
       getTextBytes();
+
+  /**
+   * <pre>
+   * The first-stage retriever's score for this document (BM25, a bi-encoder's cosine...): any finite
+   * value, higher = better. Set it on every document of a request or on none. Where set, the server
+   * never ranks worse than this order: documents no head reached keep it, and a layer whose head is weak
+   * fuses its score with it. Unset = the input order stands in for it.
+   * </pre>
+   *
+   * <code>optional double first_stage_score = 3;</code>
+   * @return Whether the firstStageScore field is set.
+   */
+  boolean hasFirstStageScore();
+  /**
+   * <pre>
+   * The first-stage retriever's score for this document (BM25, a bi-encoder's cosine...): any finite
+   * value, higher = better. Set it on every document of a request or on none. Where set, the server
+   * never ranks worse than this order: documents no head reached keep it, and a layer whose head is weak
+   * fuses its score with it. Unset = the input order stands in for it.
+   * </pre>
+   *
+   * <code>optional double first_stage_score = 3;</code>
+   * @return The firstStageScore.
+   */
+  double getFirstStageScore();
 }

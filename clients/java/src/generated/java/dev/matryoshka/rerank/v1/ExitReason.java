@@ -209,7 +209,7 @@ public enum ExitReason
   }
   public static final com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(3);
+    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(4);
   }
 
   private static final ExitReason[] VALUES = values();

@@ -122,7 +122,7 @@ public enum ModelFamily
   }
   public static final com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(4);
+    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(5);
   }
 
   private static final ModelFamily[] VALUES = values();

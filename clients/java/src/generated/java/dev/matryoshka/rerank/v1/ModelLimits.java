@@ -107,6 +107,36 @@ private static final long serialVersionUID = 0L;
     return maxDocumentTokens_;
   }
 
+  public static final int MAX_WINDOWS_PER_DOCUMENT_FIELD_NUMBER = 5;
+  private int maxWindowsPerDocument_ = 0;
+  /**
+   * <pre>
+   * Most windows one document may be split into (Chunking).
+   * </pre>
+   *
+   * <code>int32 max_windows_per_document = 5;</code>
+   * @return The maxWindowsPerDocument.
+   */
+  @java.lang.Override
+  public int getMaxWindowsPerDocument() {
+    return maxWindowsPerDocument_;
+  }
+
+  public static final int MAX_WINDOWS_PER_REQUEST_FIELD_NUMBER = 6;
+  private int maxWindowsPerRequest_ = 0;
+  /**
+   * <pre>
+   * Most windows (rows) one chunked request may hold, all documents together.
+   * </pre>
+   *
+   * <code>int32 max_windows_per_request = 6;</code>
+   * @return The maxWindowsPerRequest.
+   */
+  @java.lang.Override
+  public int getMaxWindowsPerRequest() {
+    return maxWindowsPerRequest_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -133,6 +163,12 @@ private static final long serialVersionUID = 0L;
     if (maxDocumentTokens_ != 0) {
       output.writeInt32(4, maxDocumentTokens_);
     }
+    if (maxWindowsPerDocument_ != 0) {
+      output.writeInt32(5, maxWindowsPerDocument_);
+    }
+    if (maxWindowsPerRequest_ != 0) {
+      output.writeInt32(6, maxWindowsPerRequest_);
+    }
     getUnknownFields().writeTo(output);
   }
 
@@ -158,6 +194,14 @@ private static final long serialVersionUID = 0L;
       size += com.google.protobuf.CodedOutputStream
         .computeInt32Size(4, maxDocumentTokens_);
     }
+    if (maxWindowsPerDocument_ != 0) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeInt32Size(5, maxWindowsPerDocument_);
+    }
+    if (maxWindowsPerRequest_ != 0) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeInt32Size(6, maxWindowsPerRequest_);
+    }
     size += getUnknownFields().getSerializedSize();
     memoizedSize = size;
     return size;
@@ -181,6 +225,10 @@ private static final long serialVersionUID = 0L;
         != other.getMaxQueryTokens()) return false;
     if (getMaxDocumentTokens()
         != other.getMaxDocumentTokens()) return false;
+    if (getMaxWindowsPerDocument()
+        != other.getMaxWindowsPerDocument()) return false;
+    if (getMaxWindowsPerRequest()
+        != other.getMaxWindowsPerRequest()) return false;
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -201,6 +249,10 @@ private static final long serialVersionUID = 0L;
     hash = (53 * hash) + getMaxQueryTokens();
     hash = (37 * hash) + MAX_DOCUMENT_TOKENS_FIELD_NUMBER;
     hash = (53 * hash) + getMaxDocumentTokens();
+    hash = (37 * hash) + MAX_WINDOWS_PER_DOCUMENT_FIELD_NUMBER;
+    hash = (53 * hash) + getMaxWindowsPerDocument();
+    hash = (37 * hash) + MAX_WINDOWS_PER_REQUEST_FIELD_NUMBER;
+    hash = (53 * hash) + getMaxWindowsPerRequest();
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -338,6 +390,8 @@ private static final long serialVersionUID = 0L;
       maxRequestBytes_ = 0L;
       maxQueryTokens_ = 0;
       maxDocumentTokens_ = 0;
+      maxWindowsPerDocument_ = 0;
+      maxWindowsPerRequest_ = 0;
       return this;
     }
 
@@ -382,6 +436,12 @@ private static final long serialVersionUID = 0L;
       }
       if (((from_bitField0_ & 0x00000008) != 0)) {
         result.maxDocumentTokens_ = maxDocumentTokens_;
+      }
+      if (((from_bitField0_ & 0x00000010) != 0)) {
+        result.maxWindowsPerDocument_ = maxWindowsPerDocument_;
+      }
+      if (((from_bitField0_ & 0x00000020) != 0)) {
+        result.maxWindowsPerRequest_ = maxWindowsPerRequest_;
       }
     }
 
@@ -441,6 +501,12 @@ private static final long serialVersionUID = 0L;
       if (other.getMaxDocumentTokens() != 0) {
         setMaxDocumentTokens(other.getMaxDocumentTokens());
       }
+      if (other.getMaxWindowsPerDocument() != 0) {
+        setMaxWindowsPerDocument(other.getMaxWindowsPerDocument());
+      }
+      if (other.getMaxWindowsPerRequest() != 0) {
+        setMaxWindowsPerRequest(other.getMaxWindowsPerRequest());
+      }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
       return this;
@@ -487,6 +553,16 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000008;
               break;
             } // case 32
+            case 40: {
+              maxWindowsPerDocument_ = input.readInt32();
+              bitField0_ |= 0x00000010;
+              break;
+            } // case 40
+            case 48: {
+              maxWindowsPerRequest_ = input.readInt32();
+              bitField0_ |= 0x00000020;
+              break;
+            } // case 48
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -676,6 +752,94 @@ private static final long serialVersionUID = 0L;
     public Builder clearMaxDocumentTokens() {
       bitField0_ = (bitField0_ & ~0x00000008);
       maxDocumentTokens_ = 0;
+      onChanged();
+      return this;
+    }
+
+    private int maxWindowsPerDocument_ ;
+    /**
+     * <pre>
+     * Most windows one document may be split into (Chunking).
+     * </pre>
+     *
+     * <code>int32 max_windows_per_document = 5;</code>
+     * @return The maxWindowsPerDocument.
+     */
+    @java.lang.Override
+    public int getMaxWindowsPerDocument() {
+      return maxWindowsPerDocument_;
+    }
+    /**
+     * <pre>
+     * Most windows one document may be split into (Chunking).
+     * </pre>
+     *
+     * <code>int32 max_windows_per_document = 5;</code>
+     * @param value The maxWindowsPerDocument to set.
+     * @return This builder for chaining.
+     */
+    public Builder setMaxWindowsPerDocument(int value) {
+      
+      maxWindowsPerDocument_ = value;
+      bitField0_ |= 0x00000010;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Most windows one document may be split into (Chunking).
+     * </pre>
+     *
+     * <code>int32 max_windows_per_document = 5;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearMaxWindowsPerDocument() {
+      bitField0_ = (bitField0_ & ~0x00000010);
+      maxWindowsPerDocument_ = 0;
+      onChanged();
+      return this;
+    }
+
+    private int maxWindowsPerRequest_ ;
+    /**
+     * <pre>
+     * Most windows (rows) one chunked request may hold, all documents together.
+     * </pre>
+     *
+     * <code>int32 max_windows_per_request = 6;</code>
+     * @return The maxWindowsPerRequest.
+     */
+    @java.lang.Override
+    public int getMaxWindowsPerRequest() {
+      return maxWindowsPerRequest_;
+    }
+    /**
+     * <pre>
+     * Most windows (rows) one chunked request may hold, all documents together.
+     * </pre>
+     *
+     * <code>int32 max_windows_per_request = 6;</code>
+     * @param value The maxWindowsPerRequest to set.
+     * @return This builder for chaining.
+     */
+    public Builder setMaxWindowsPerRequest(int value) {
+      
+      maxWindowsPerRequest_ = value;
+      bitField0_ |= 0x00000020;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Most windows (rows) one chunked request may hold, all documents together.
+     * </pre>
+     *
+     * <code>int32 max_windows_per_request = 6;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearMaxWindowsPerRequest() {
+      bitField0_ = (bitField0_ & ~0x00000020);
+      maxWindowsPerRequest_ = 0;
       onChanged();
       return this;
     }

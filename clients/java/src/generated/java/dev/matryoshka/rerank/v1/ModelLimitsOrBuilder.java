@@ -46,4 +46,24 @@ public interface ModelLimitsOrBuilder extends
    * @return The maxDocumentTokens.
    */
   int getMaxDocumentTokens();
+
+  /**
+   * <pre>
+   * Most windows one document may be split into (Chunking).
+   * </pre>
+   *
+   * <code>int32 max_windows_per_document = 5;</code>
+   * @return The maxWindowsPerDocument.
+   */
+  int getMaxWindowsPerDocument();
+
+  /**
+   * <pre>
+   * Most windows (rows) one chunked request may hold, all documents together.
+   * </pre>
+   *
+   * <code>int32 max_windows_per_request = 6;</code>
+   * @return The maxWindowsPerRequest.
+   */
+  int getMaxWindowsPerRequest();
 }

@@ -54,6 +54,7 @@ private static final long serialVersionUID = 0L;
             dev.matryoshka.rerank.v1.RerankRequest.class, dev.matryoshka.rerank.v1.RerankRequest.Builder.class);
   }
 
+  private int bitField0_;
   public static final int MODEL_FIELD_NUMBER = 1;
   @SuppressWarnings("serial")
   private volatile java.lang.Object model_ = "";
@@ -544,6 +545,78 @@ private static final long serialVersionUID = 0L;
     }
   }
 
+  public static final int CHUNKING_FIELD_NUMBER = 14;
+  private dev.matryoshka.rerank.v1.Chunking chunking_;
+  /**
+   * <pre>
+   * Split long documents into overlapping token windows instead of cutting them at
+   * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+   * @return Whether the chunking field is set.
+   */
+  @java.lang.Override
+  public boolean hasChunking() {
+    return chunking_ != null;
+  }
+  /**
+   * <pre>
+   * Split long documents into overlapping token windows instead of cutting them at
+   * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+   * @return The chunking.
+   */
+  @java.lang.Override
+  public dev.matryoshka.rerank.v1.Chunking getChunking() {
+    return chunking_ == null ? dev.matryoshka.rerank.v1.Chunking.getDefaultInstance() : chunking_;
+  }
+  /**
+   * <pre>
+   * Split long documents into overlapping token windows instead of cutting them at
+   * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+   */
+  @java.lang.Override
+  public dev.matryoshka.rerank.v1.ChunkingOrBuilder getChunkingOrBuilder() {
+    return chunking_ == null ? dev.matryoshka.rerank.v1.Chunking.getDefaultInstance() : chunking_;
+  }
+
+  public static final int MIN_SCORE_FIELD_NUMBER = 15;
+  private double minScore_ = 0D;
+  /**
+   * <pre>
+   * Drop results whose calibrated probability of relevance is below this value, after ranking; in [0, 1].
+   * Applies whatever the score_type; with top_n, both apply (at most top_n results, all &gt;= min_score).
+   * Unset = keep every result.
+   * </pre>
+   *
+   * <code>optional double min_score = 15;</code>
+   * @return Whether the minScore field is set.
+   */
+  @java.lang.Override
+  public boolean hasMinScore() {
+    return ((bitField0_ & 0x00000001) != 0);
+  }
+  /**
+   * <pre>
+   * Drop results whose calibrated probability of relevance is below this value, after ranking; in [0, 1].
+   * Applies whatever the score_type; with top_n, both apply (at most top_n results, all &gt;= min_score).
+   * Unset = keep every result.
+   * </pre>
+   *
+   * <code>optional double min_score = 15;</code>
+   * @return The minScore.
+   */
+  @java.lang.Override
+  public double getMinScore() {
+    return minScore_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -596,6 +669,12 @@ private static final long serialVersionUID = 0L;
     }
     if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(requestId_)) {
       com.google.protobuf.GeneratedMessageV3.writeString(output, 13, requestId_);
+    }
+    if (chunking_ != null) {
+      output.writeMessage(14, getChunking());
+    }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      output.writeDouble(15, minScore_);
     }
     getUnknownFields().writeTo(output);
   }
@@ -655,6 +734,14 @@ private static final long serialVersionUID = 0L;
     if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(requestId_)) {
       size += com.google.protobuf.GeneratedMessageV3.computeStringSize(13, requestId_);
     }
+    if (chunking_ != null) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(14, getChunking());
+    }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeDoubleSize(15, minScore_);
+    }
     size += getUnknownFields().getSerializedSize();
     memoizedSize = size;
     return size;
@@ -703,6 +790,17 @@ private static final long serialVersionUID = 0L;
     if (cacheMode_ != other.cacheMode_) return false;
     if (!getRequestId()
         .equals(other.getRequestId())) return false;
+    if (hasChunking() != other.hasChunking()) return false;
+    if (hasChunking()) {
+      if (!getChunking()
+          .equals(other.getChunking())) return false;
+    }
+    if (hasMinScore() != other.hasMinScore()) return false;
+    if (hasMinScore()) {
+      if (java.lang.Double.doubleToLongBits(getMinScore())
+          != java.lang.Double.doubleToLongBits(
+              other.getMinScore())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -751,6 +849,15 @@ private static final long serialVersionUID = 0L;
     hash = (53 * hash) + cacheMode_;
     hash = (37 * hash) + REQUEST_ID_FIELD_NUMBER;
     hash = (53 * hash) + getRequestId().hashCode();
+    if (hasChunking()) {
+      hash = (37 * hash) + CHUNKING_FIELD_NUMBER;
+      hash = (53 * hash) + getChunking().hashCode();
+    }
+    if (hasMinScore()) {
+      hash = (37 * hash) + MIN_SCORE_FIELD_NUMBER;
+      hash = (53 * hash) + com.google.protobuf.Internal.hashLong(
+          java.lang.Double.doubleToLongBits(getMinScore()));
+    }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -921,6 +1028,12 @@ private static final long serialVersionUID = 0L;
       }
       cacheMode_ = 0;
       requestId_ = "";
+      chunking_ = null;
+      if (chunkingBuilder_ != null) {
+        chunkingBuilder_.dispose();
+        chunkingBuilder_ = null;
+      }
+      minScore_ = 0D;
       return this;
     }
 
@@ -1015,6 +1128,17 @@ private static final long serialVersionUID = 0L;
       if (((from_bitField0_ & 0x00001000) != 0)) {
         result.requestId_ = requestId_;
       }
+      if (((from_bitField0_ & 0x00002000) != 0)) {
+        result.chunking_ = chunkingBuilder_ == null
+            ? chunking_
+            : chunkingBuilder_.build();
+      }
+      int to_bitField0_ = 0;
+      if (((from_bitField0_ & 0x00004000) != 0)) {
+        result.minScore_ = minScore_;
+        to_bitField0_ |= 0x00000001;
+      }
+      result.bitField0_ |= to_bitField0_;
     }
 
     @java.lang.Override
@@ -1152,6 +1276,12 @@ private static final long serialVersionUID = 0L;
         bitField0_ |= 0x00001000;
         onChanged();
       }
+      if (other.hasChunking()) {
+        mergeChunking(other.getChunking());
+      }
+      if (other.hasMinScore()) {
+        setMinScore(other.getMinScore());
+      }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
       return this;
@@ -1265,6 +1395,18 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00001000;
               break;
             } // case 106
+            case 114: {
+              input.readMessage(
+                  getChunkingFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00002000;
+              break;
+            } // case 114
+            case 121: {
+              minScore_ = input.readDouble();
+              bitField0_ |= 0x00004000;
+              break;
+            } // case 121
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -2974,6 +3116,234 @@ private static final long serialVersionUID = 0L;
       checkByteStringIsUtf8(value);
       requestId_ = value;
       bitField0_ |= 0x00001000;
+      onChanged();
+      return this;
+    }
+
+    private dev.matryoshka.rerank.v1.Chunking chunking_;
+    private com.google.protobuf.SingleFieldBuilderV3<
+        dev.matryoshka.rerank.v1.Chunking, dev.matryoshka.rerank.v1.Chunking.Builder, dev.matryoshka.rerank.v1.ChunkingOrBuilder> chunkingBuilder_;
+    /**
+     * <pre>
+     * Split long documents into overlapping token windows instead of cutting them at
+     * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+     * @return Whether the chunking field is set.
+     */
+    public boolean hasChunking() {
+      return ((bitField0_ & 0x00002000) != 0);
+    }
+    /**
+     * <pre>
+     * Split long documents into overlapping token windows instead of cutting them at
+     * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+     * @return The chunking.
+     */
+    public dev.matryoshka.rerank.v1.Chunking getChunking() {
+      if (chunkingBuilder_ == null) {
+        return chunking_ == null ? dev.matryoshka.rerank.v1.Chunking.getDefaultInstance() : chunking_;
+      } else {
+        return chunkingBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * Split long documents into overlapping token windows instead of cutting them at
+     * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+     */
+    public Builder setChunking(dev.matryoshka.rerank.v1.Chunking value) {
+      if (chunkingBuilder_ == null) {
+        if (value == null) {
+          throw new NullPointerException();
+        }
+        chunking_ = value;
+      } else {
+        chunkingBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00002000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Split long documents into overlapping token windows instead of cutting them at
+     * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+     */
+    public Builder setChunking(
+        dev.matryoshka.rerank.v1.Chunking.Builder builderForValue) {
+      if (chunkingBuilder_ == null) {
+        chunking_ = builderForValue.build();
+      } else {
+        chunkingBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00002000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Split long documents into overlapping token windows instead of cutting them at
+     * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+     */
+    public Builder mergeChunking(dev.matryoshka.rerank.v1.Chunking value) {
+      if (chunkingBuilder_ == null) {
+        if (((bitField0_ & 0x00002000) != 0) &&
+          chunking_ != null &&
+          chunking_ != dev.matryoshka.rerank.v1.Chunking.getDefaultInstance()) {
+          getChunkingBuilder().mergeFrom(value);
+        } else {
+          chunking_ = value;
+        }
+      } else {
+        chunkingBuilder_.mergeFrom(value);
+      }
+      bitField0_ |= 0x00002000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Split long documents into overlapping token windows instead of cutting them at
+     * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+     */
+    public Builder clearChunking() {
+      bitField0_ = (bitField0_ & ~0x00002000);
+      chunking_ = null;
+      if (chunkingBuilder_ != null) {
+        chunkingBuilder_.dispose();
+        chunkingBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Split long documents into overlapping token windows instead of cutting them at
+     * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+     */
+    public dev.matryoshka.rerank.v1.Chunking.Builder getChunkingBuilder() {
+      bitField0_ |= 0x00002000;
+      onChanged();
+      return getChunkingFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * Split long documents into overlapping token windows instead of cutting them at
+     * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+     */
+    public dev.matryoshka.rerank.v1.ChunkingOrBuilder getChunkingOrBuilder() {
+      if (chunkingBuilder_ != null) {
+        return chunkingBuilder_.getMessageOrBuilder();
+      } else {
+        return chunking_ == null ?
+            dev.matryoshka.rerank.v1.Chunking.getDefaultInstance() : chunking_;
+      }
+    }
+    /**
+     * <pre>
+     * Split long documents into overlapping token windows instead of cutting them at
+     * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+     */
+    private com.google.protobuf.SingleFieldBuilderV3<
+        dev.matryoshka.rerank.v1.Chunking, dev.matryoshka.rerank.v1.Chunking.Builder, dev.matryoshka.rerank.v1.ChunkingOrBuilder> 
+        getChunkingFieldBuilder() {
+      if (chunkingBuilder_ == null) {
+        chunkingBuilder_ = new com.google.protobuf.SingleFieldBuilderV3<
+            dev.matryoshka.rerank.v1.Chunking, dev.matryoshka.rerank.v1.Chunking.Builder, dev.matryoshka.rerank.v1.ChunkingOrBuilder>(
+                getChunking(),
+                getParentForChildren(),
+                isClean());
+        chunking_ = null;
+      }
+      return chunkingBuilder_;
+    }
+
+    private double minScore_ ;
+    /**
+     * <pre>
+     * Drop results whose calibrated probability of relevance is below this value, after ranking; in [0, 1].
+     * Applies whatever the score_type; with top_n, both apply (at most top_n results, all &gt;= min_score).
+     * Unset = keep every result.
+     * </pre>
+     *
+     * <code>optional double min_score = 15;</code>
+     * @return Whether the minScore field is set.
+     */
+    @java.lang.Override
+    public boolean hasMinScore() {
+      return ((bitField0_ & 0x00004000) != 0);
+    }
+    /**
+     * <pre>
+     * Drop results whose calibrated probability of relevance is below this value, after ranking; in [0, 1].
+     * Applies whatever the score_type; with top_n, both apply (at most top_n results, all &gt;= min_score).
+     * Unset = keep every result.
+     * </pre>
+     *
+     * <code>optional double min_score = 15;</code>
+     * @return The minScore.
+     */
+    @java.lang.Override
+    public double getMinScore() {
+      return minScore_;
+    }
+    /**
+     * <pre>
+     * Drop results whose calibrated probability of relevance is below this value, after ranking; in [0, 1].
+     * Applies whatever the score_type; with top_n, both apply (at most top_n results, all &gt;= min_score).
+     * Unset = keep every result.
+     * </pre>
+     *
+     * <code>optional double min_score = 15;</code>
+     * @param value The minScore to set.
+     * @return This builder for chaining.
+     */
+    public Builder setMinScore(double value) {
+      
+      minScore_ = value;
+      bitField0_ |= 0x00004000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Drop results whose calibrated probability of relevance is below this value, after ranking; in [0, 1].
+     * Applies whatever the score_type; with top_n, both apply (at most top_n results, all &gt;= min_score).
+     * Unset = keep every result.
+     * </pre>
+     *
+     * <code>optional double min_score = 15;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearMinScore() {
+      bitField0_ = (bitField0_ & ~0x00004000);
+      minScore_ = 0D;
       onChanged();
       return this;
     }

@@ -319,4 +319,57 @@ public interface RerankRequestOrBuilder extends
    */
   com.google.protobuf.ByteString
       getRequestIdBytes();
+
+  /**
+   * <pre>
+   * Split long documents into overlapping token windows instead of cutting them at
+   * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+   * @return Whether the chunking field is set.
+   */
+  boolean hasChunking();
+  /**
+   * <pre>
+   * Split long documents into overlapping token windows instead of cutting them at
+   * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+   * @return The chunking.
+   */
+  dev.matryoshka.rerank.v1.Chunking getChunking();
+  /**
+   * <pre>
+   * Split long documents into overlapping token windows instead of cutting them at
+   * truncation.max_document_tokens. Unset = no chunking (each document is one row, truncated).
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Chunking chunking = 14;</code>
+   */
+  dev.matryoshka.rerank.v1.ChunkingOrBuilder getChunkingOrBuilder();
+
+  /**
+   * <pre>
+   * Drop results whose calibrated probability of relevance is below this value, after ranking; in [0, 1].
+   * Applies whatever the score_type; with top_n, both apply (at most top_n results, all &gt;= min_score).
+   * Unset = keep every result.
+   * </pre>
+   *
+   * <code>optional double min_score = 15;</code>
+   * @return Whether the minScore field is set.
+   */
+  boolean hasMinScore();
+  /**
+   * <pre>
+   * Drop results whose calibrated probability of relevance is below this value, after ranking; in [0, 1].
+   * Applies whatever the score_type; with top_n, both apply (at most top_n results, all &gt;= min_score).
+   * Unset = keep every result.
+   * </pre>
+   *
+   * <code>optional double min_score = 15;</code>
+   * @return The minScore.
+   */
+  double getMinScore();
 }

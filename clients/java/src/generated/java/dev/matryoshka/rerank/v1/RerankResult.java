@@ -231,6 +231,44 @@ private static final long serialVersionUID = 0L;
     }
   }
 
+  public static final int WINDOW_FIELD_NUMBER = 7;
+  private dev.matryoshka.rerank.v1.Window window_;
+  /**
+   * <pre>
+   * With Chunking: the window whose score decided the document's score. Unset without chunking.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Window window = 7;</code>
+   * @return Whether the window field is set.
+   */
+  @java.lang.Override
+  public boolean hasWindow() {
+    return window_ != null;
+  }
+  /**
+   * <pre>
+   * With Chunking: the window whose score decided the document's score. Unset without chunking.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Window window = 7;</code>
+   * @return The window.
+   */
+  @java.lang.Override
+  public dev.matryoshka.rerank.v1.Window getWindow() {
+    return window_ == null ? dev.matryoshka.rerank.v1.Window.getDefaultInstance() : window_;
+  }
+  /**
+   * <pre>
+   * With Chunking: the window whose score decided the document's score. Unset without chunking.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Window window = 7;</code>
+   */
+  @java.lang.Override
+  public dev.matryoshka.rerank.v1.WindowOrBuilder getWindowOrBuilder() {
+    return window_ == null ? dev.matryoshka.rerank.v1.Window.getDefaultInstance() : window_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -263,6 +301,9 @@ private static final long serialVersionUID = 0L;
     if (((bitField0_ & 0x00000001) != 0)) {
       com.google.protobuf.GeneratedMessageV3.writeString(output, 6, document_);
     }
+    if (window_ != null) {
+      output.writeMessage(7, getWindow());
+    }
     getUnknownFields().writeTo(output);
   }
 
@@ -294,6 +335,10 @@ private static final long serialVersionUID = 0L;
     if (((bitField0_ & 0x00000001) != 0)) {
       size += com.google.protobuf.GeneratedMessageV3.computeStringSize(6, document_);
     }
+    if (window_ != null) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(7, getWindow());
+    }
     size += getUnknownFields().getSerializedSize();
     memoizedSize = size;
     return size;
@@ -324,6 +369,11 @@ private static final long serialVersionUID = 0L;
       if (!getDocument()
           .equals(other.getDocument())) return false;
     }
+    if (hasWindow() != other.hasWindow()) return false;
+    if (hasWindow()) {
+      if (!getWindow()
+          .equals(other.getWindow())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -349,6 +399,10 @@ private static final long serialVersionUID = 0L;
     if (hasDocument()) {
       hash = (37 * hash) + DOCUMENT_FIELD_NUMBER;
       hash = (53 * hash) + getDocument().hashCode();
+    }
+    if (hasWindow()) {
+      hash = (37 * hash) + WINDOW_FIELD_NUMBER;
+      hash = (53 * hash) + getWindow().hashCode();
     }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
@@ -489,6 +543,11 @@ private static final long serialVersionUID = 0L;
       exitLayer_ = 0;
       exitReason_ = 0;
       document_ = "";
+      window_ = null;
+      if (windowBuilder_ != null) {
+        windowBuilder_.dispose();
+        windowBuilder_ = null;
+      }
       return this;
     }
 
@@ -541,6 +600,11 @@ private static final long serialVersionUID = 0L;
       if (((from_bitField0_ & 0x00000020) != 0)) {
         result.document_ = document_;
         to_bitField0_ |= 0x00000001;
+      }
+      if (((from_bitField0_ & 0x00000040) != 0)) {
+        result.window_ = windowBuilder_ == null
+            ? window_
+            : windowBuilder_.build();
       }
       result.bitField0_ |= to_bitField0_;
     }
@@ -611,6 +675,9 @@ private static final long serialVersionUID = 0L;
         bitField0_ |= 0x00000020;
         onChanged();
       }
+      if (other.hasWindow()) {
+        mergeWindow(other.getWindow());
+      }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
       return this;
@@ -667,6 +734,13 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000020;
               break;
             } // case 50
+            case 58: {
+              input.readMessage(
+                  getWindowFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00000040;
+              break;
+            } // case 58
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -1090,6 +1164,161 @@ private static final long serialVersionUID = 0L;
       bitField0_ |= 0x00000020;
       onChanged();
       return this;
+    }
+
+    private dev.matryoshka.rerank.v1.Window window_;
+    private com.google.protobuf.SingleFieldBuilderV3<
+        dev.matryoshka.rerank.v1.Window, dev.matryoshka.rerank.v1.Window.Builder, dev.matryoshka.rerank.v1.WindowOrBuilder> windowBuilder_;
+    /**
+     * <pre>
+     * With Chunking: the window whose score decided the document's score. Unset without chunking.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Window window = 7;</code>
+     * @return Whether the window field is set.
+     */
+    public boolean hasWindow() {
+      return ((bitField0_ & 0x00000040) != 0);
+    }
+    /**
+     * <pre>
+     * With Chunking: the window whose score decided the document's score. Unset without chunking.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Window window = 7;</code>
+     * @return The window.
+     */
+    public dev.matryoshka.rerank.v1.Window getWindow() {
+      if (windowBuilder_ == null) {
+        return window_ == null ? dev.matryoshka.rerank.v1.Window.getDefaultInstance() : window_;
+      } else {
+        return windowBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * With Chunking: the window whose score decided the document's score. Unset without chunking.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Window window = 7;</code>
+     */
+    public Builder setWindow(dev.matryoshka.rerank.v1.Window value) {
+      if (windowBuilder_ == null) {
+        if (value == null) {
+          throw new NullPointerException();
+        }
+        window_ = value;
+      } else {
+        windowBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00000040;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * With Chunking: the window whose score decided the document's score. Unset without chunking.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Window window = 7;</code>
+     */
+    public Builder setWindow(
+        dev.matryoshka.rerank.v1.Window.Builder builderForValue) {
+      if (windowBuilder_ == null) {
+        window_ = builderForValue.build();
+      } else {
+        windowBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00000040;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * With Chunking: the window whose score decided the document's score. Unset without chunking.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Window window = 7;</code>
+     */
+    public Builder mergeWindow(dev.matryoshka.rerank.v1.Window value) {
+      if (windowBuilder_ == null) {
+        if (((bitField0_ & 0x00000040) != 0) &&
+          window_ != null &&
+          window_ != dev.matryoshka.rerank.v1.Window.getDefaultInstance()) {
+          getWindowBuilder().mergeFrom(value);
+        } else {
+          window_ = value;
+        }
+      } else {
+        windowBuilder_.mergeFrom(value);
+      }
+      bitField0_ |= 0x00000040;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * With Chunking: the window whose score decided the document's score. Unset without chunking.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Window window = 7;</code>
+     */
+    public Builder clearWindow() {
+      bitField0_ = (bitField0_ & ~0x00000040);
+      window_ = null;
+      if (windowBuilder_ != null) {
+        windowBuilder_.dispose();
+        windowBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * With Chunking: the window whose score decided the document's score. Unset without chunking.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Window window = 7;</code>
+     */
+    public dev.matryoshka.rerank.v1.Window.Builder getWindowBuilder() {
+      bitField0_ |= 0x00000040;
+      onChanged();
+      return getWindowFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * With Chunking: the window whose score decided the document's score. Unset without chunking.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Window window = 7;</code>
+     */
+    public dev.matryoshka.rerank.v1.WindowOrBuilder getWindowOrBuilder() {
+      if (windowBuilder_ != null) {
+        return windowBuilder_.getMessageOrBuilder();
+      } else {
+        return window_ == null ?
+            dev.matryoshka.rerank.v1.Window.getDefaultInstance() : window_;
+      }
+    }
+    /**
+     * <pre>
+     * With Chunking: the window whose score decided the document's score. Unset without chunking.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.Window window = 7;</code>
+     */
+    private com.google.protobuf.SingleFieldBuilderV3<
+        dev.matryoshka.rerank.v1.Window, dev.matryoshka.rerank.v1.Window.Builder, dev.matryoshka.rerank.v1.WindowOrBuilder> 
+        getWindowFieldBuilder() {
+      if (windowBuilder_ == null) {
+        windowBuilder_ = new com.google.protobuf.SingleFieldBuilderV3<
+            dev.matryoshka.rerank.v1.Window, dev.matryoshka.rerank.v1.Window.Builder, dev.matryoshka.rerank.v1.WindowOrBuilder>(
+                getWindow(),
+                getParentForChildren(),
+                isClean());
+        window_ = null;
+      }
+      return windowBuilder_;
     }
     @java.lang.Override
     public final Builder setUnknownFields(

@@ -107,4 +107,31 @@ public interface RerankResultOrBuilder extends
    */
   com.google.protobuf.ByteString
       getDocumentBytes();
+
+  /**
+   * <pre>
+   * With Chunking: the window whose score decided the document's score. Unset without chunking.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Window window = 7;</code>
+   * @return Whether the window field is set.
+   */
+  boolean hasWindow();
+  /**
+   * <pre>
+   * With Chunking: the window whose score decided the document's score. Unset without chunking.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Window window = 7;</code>
+   * @return The window.
+   */
+  dev.matryoshka.rerank.v1.Window getWindow();
+  /**
+   * <pre>
+   * With Chunking: the window whose score decided the document's score. Unset without chunking.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.Window window = 7;</code>
+   */
+  dev.matryoshka.rerank.v1.WindowOrBuilder getWindowOrBuilder();
 }

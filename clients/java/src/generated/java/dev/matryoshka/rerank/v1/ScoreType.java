@@ -122,7 +122,7 @@ public enum ScoreType
   }
   public static final com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(0);
+    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(1);
   }
 
   private static final ScoreType[] VALUES = values();

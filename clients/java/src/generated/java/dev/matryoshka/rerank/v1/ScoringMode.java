@@ -139,7 +139,7 @@ public enum ScoringMode
   }
   public static final com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(5);
+    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(6);
   }
 
   private static final ScoringMode[] VALUES = values();

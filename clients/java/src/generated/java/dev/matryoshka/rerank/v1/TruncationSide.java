@@ -122,7 +122,7 @@ public enum TruncationSide
   }
   public static final com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(1);
+    return dev.matryoshka.rerank.v1.RerankServiceProto.getDescriptor().getEnumTypes().get(2);
   }
 
   private static final TruncationSide[] VALUES = values();

@@ -154,6 +154,21 @@ private static final long serialVersionUID = 0L;
     return cacheResumed_;
   }
 
+  public static final int ROWS_FIELD_NUMBER = 8;
+  private int rows_ = 0;
+  /**
+   * <pre>
+   * Rows the engine scored: the number of documents, or of windows when the request is chunked.
+   * </pre>
+   *
+   * <code>int32 rows = 8;</code>
+   * @return The rows.
+   */
+  @java.lang.Override
+  public int getRows() {
+    return rows_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -188,6 +203,9 @@ private static final long serialVersionUID = 0L;
     }
     if (cacheResumed_ != 0) {
       output.writeInt32(7, cacheResumed_);
+    }
+    if (rows_ != 0) {
+      output.writeInt32(8, rows_);
     }
     getUnknownFields().writeTo(output);
   }
@@ -226,6 +244,10 @@ private static final long serialVersionUID = 0L;
       size += com.google.protobuf.CodedOutputStream
         .computeInt32Size(7, cacheResumed_);
     }
+    if (rows_ != 0) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeInt32Size(8, rows_);
+    }
     size += getUnknownFields().getSerializedSize();
     memoizedSize = size;
     return size;
@@ -259,6 +281,8 @@ private static final long serialVersionUID = 0L;
         != other.getCacheHits()) return false;
     if (getCacheResumed()
         != other.getCacheResumed()) return false;
+    if (getRows()
+        != other.getRows()) return false;
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -289,6 +313,8 @@ private static final long serialVersionUID = 0L;
     hash = (53 * hash) + getCacheHits();
     hash = (37 * hash) + CACHE_RESUMED_FIELD_NUMBER;
     hash = (53 * hash) + getCacheResumed();
+    hash = (37 * hash) + ROWS_FIELD_NUMBER;
+    hash = (53 * hash) + getRows();
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -429,6 +455,7 @@ private static final long serialVersionUID = 0L;
       cachedFlops_ = 0D;
       cacheHits_ = 0;
       cacheResumed_ = 0;
+      rows_ = 0;
       return this;
     }
 
@@ -482,6 +509,9 @@ private static final long serialVersionUID = 0L;
       }
       if (((from_bitField0_ & 0x00000040) != 0)) {
         result.cacheResumed_ = cacheResumed_;
+      }
+      if (((from_bitField0_ & 0x00000080) != 0)) {
+        result.rows_ = rows_;
       }
     }
 
@@ -550,6 +580,9 @@ private static final long serialVersionUID = 0L;
       if (other.getCacheResumed() != 0) {
         setCacheResumed(other.getCacheResumed());
       }
+      if (other.getRows() != 0) {
+        setRows(other.getRows());
+      }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
       return this;
@@ -611,6 +644,11 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000040;
               break;
             } // case 56
+            case 64: {
+              rows_ = input.readInt32();
+              bitField0_ |= 0x00000080;
+              break;
+            } // case 64
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -938,6 +976,50 @@ private static final long serialVersionUID = 0L;
     public Builder clearCacheResumed() {
       bitField0_ = (bitField0_ & ~0x00000040);
       cacheResumed_ = 0;
+      onChanged();
+      return this;
+    }
+
+    private int rows_ ;
+    /**
+     * <pre>
+     * Rows the engine scored: the number of documents, or of windows when the request is chunked.
+     * </pre>
+     *
+     * <code>int32 rows = 8;</code>
+     * @return The rows.
+     */
+    @java.lang.Override
+    public int getRows() {
+      return rows_;
+    }
+    /**
+     * <pre>
+     * Rows the engine scored: the number of documents, or of windows when the request is chunked.
+     * </pre>
+     *
+     * <code>int32 rows = 8;</code>
+     * @param value The rows to set.
+     * @return This builder for chaining.
+     */
+    public Builder setRows(int value) {
+      
+      rows_ = value;
+      bitField0_ |= 0x00000080;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Rows the engine scored: the number of documents, or of windows when the request is chunked.
+     * </pre>
+     *
+     * <code>int32 rows = 8;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearRows() {
+      bitField0_ = (bitField0_ & ~0x00000080);
+      rows_ = 0;
       onChanged();
       return this;
     }

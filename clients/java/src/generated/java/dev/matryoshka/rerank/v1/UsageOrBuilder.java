@@ -78,4 +78,14 @@ public interface UsageOrBuilder extends
    * @return The cacheResumed.
    */
   int getCacheResumed();
+
+  /**
+   * <pre>
+   * Rows the engine scored: the number of documents, or of windows when the request is chunked.
+   * </pre>
+   *
+   * <code>int32 rows = 8;</code>
+   * @return The rows.
+   */
+  int getRows();
 }
