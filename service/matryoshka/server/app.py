@@ -1,11 +1,12 @@
-"""Build and run the gRPC server: TLS, interceptors, load + warm the model, health, reflection, metrics,
-SIGTERM drain."""
+"""Build and run the gRPC server: TLS, interceptors, load + warm every served model, health,
+reflection, metrics, SIGTERM drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -13,10 +14,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from matryoshka.engine.reranker import Reranker
-from matryoshka.engine.scheduler import Scheduler
 from matryoshka.server.access_log import AccessLogInterceptor
+from matryoshka.server.loader import load_models
 from matryoshka.server.metrics import Metrics
 from matryoshka.server.security import TokenAuthInterceptor, auth_on, load_tokens, server_credentials
+from matryoshka.server.served import serve_models
 from matryoshka.server.servicer import RerankServicer
 from matryoshka.server.settings import Settings
 from matryoshka.server.wire import DecodeGuardInterceptor
@@ -35,40 +37,23 @@ class Running:
     port: int
     health: health.aio.HealthServicer
     servicer: RerankServicer
-    scheduler: Scheduler
     metrics_port: int | None
 
     async def drain(self, grace: float) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight calls finish within `grace`, stop."""
+        """Report NOT_SERVING, refuse new calls, let in-flight calls finish within `grace`, stop every
+        model's scheduler."""
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await asyncio.to_thread(self.scheduler.close)
+        for served in self.servicer.served.values():
+            await asyncio.to_thread(served.scheduler.close)
 
 
-def load_engine(settings: Settings) -> Reranker:
-    """The configured model: a checkpoint directory (named by `model` if given) or a packaged backbone."""
-    if settings.model_dir is not None:
-        name = settings.model if "model" in settings.model_fields_set else None
-        return Reranker.from_checkpoint(
-            settings.model_dir,
-            name=name,
-            dtype=settings.dtype,
-            device=settings.device,
-            threads=settings.threads,
-        )
-    return Reranker.load(
-        settings.model,
-        dtype=settings.dtype,
-        scoring=settings.scoring,
-        threads=settings.threads,
-        artifact=settings.artifact,
-        device=settings.device,
-    )
+async def start(settings: Settings, rerankers: Reranker | Mapping[str, Reranker] | None = None) -> Running:
+    """Bind the port (NOT_SERVING), load and warm every model, then report SERVING.
 
-
-async def start(settings: Settings, reranker: Reranker | None = None) -> Running:
-    """Bind the port (NOT_SERVING), load and warm the model, then report SERVING."""
+    `rerankers` overrides the settings' models: one Reranker is the only (default) model; a mapping is
+    served by name, the first the default. Either is warmed here."""
     server = build_server(settings)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -96,29 +81,18 @@ async def start(settings: Settings, reranker: Reranker | None = None) -> Running
     if credentials is None and auth_on(settings):
         log.warning("bearer tokens over plaintext: anyone on the path can read them; set MATRYOSHKA_TLS_*")
     log.info(
-        "listening on %s:%d (%s; NOT_SERVING until the model is warm)",
+        "listening on %s:%d (%s; NOT_SERVING until every model is warm)",
         settings.host,
         port,
         "plaintext" if credentials is None else ("mTLS" if settings.tls_client_ca else "TLS"),
     )
 
     try:
-        engine = reranker if reranker is not None else await asyncio.to_thread(load_engine, settings)
-        await asyncio.to_thread(engine.warmup)
+        engines = await asyncio.to_thread(_engines, settings, rerankers)
     except BaseException:
         await server.stop(0)  # a model that cannot load leaves no half-started server behind
         raise
-    engine.executor.max_batch_rows = settings.max_batch_rows
-    engine.executor.max_batch_tokens = settings.max_batch_tokens
-    engine.executor.max_step_tokens = settings.max_step_tokens
-    scheduler = Scheduler(
-        engine.executor,
-        max_queue=settings.max_queue,
-        max_inflight_tokens=settings.max_inflight_tokens,
-        retry_after=settings.retry_after_seconds,
-        on_batch=metrics.observe_batch,
-    )
-    servicer.attach(engine, scheduler)
+    servicer.attach(serve_models(engines, settings, metrics))
     metrics_port = (
         metrics.serve(settings.metrics_port, settings.metrics_host)
         if settings.metrics_port is not None
@@ -126,11 +100,21 @@ async def start(settings: Settings, reranker: Reranker | None = None) -> Running
     )
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    choice = engine.dtype
-    log.info(
-        "serving %s in %s (%s) on %s:%d", engine.info.name, choice.name, choice.reason, settings.host, port
-    )
-    return Running(server, port, health_servicer, servicer, scheduler, metrics_port)
+    for name, engine in engines.items():
+        choice = engine.dtype
+        log.info("serving %s in %s (%s) on %s:%d", name, choice.name, choice.reason, settings.host, port)
+    return Running(server, port, health_servicer, servicer, metrics_port)
+
+
+def _engines(settings: Settings, rerankers: Reranker | Mapping[str, Reranker] | None) -> dict[str, Reranker]:
+    """The served engines by name, loaded (from the settings when not given) and warm."""
+    if rerankers is None:
+        return load_models(settings)
+    given = {rerankers.info.name: rerankers} if isinstance(rerankers, Reranker) else dict(rerankers)
+    for name, engine in given.items():
+        engine.model.name = name
+        engine.warmup()
+    return given
 
 
 def build_server(settings: Settings) -> grpc.aio.Server:
@@ -162,7 +146,8 @@ def reflection_on(settings: Settings) -> bool:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     running = await start(settings)
-    print(f"matryoshka serving {running.servicer.info.name} on {settings.host}:{running.port}", flush=True)
+    names = ", ".join(running.servicer.served)
+    print(f"matryoshka serving {names} on {settings.host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,16 +12,13 @@ from typing import Any
 
 import grpc
 
-from matryoshka.cache.factory import open_cache
-from matryoshka.cache.layer_cache import AsyncLayerCache
 from matryoshka.engine.job import BudgetExceededError, Job, JobResult, Outcome
-from matryoshka.engine.reranker import Reranker
-from matryoshka.engine.scheduler import Scheduler
 from matryoshka.engine.state_cache import CachedRows
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.prompt import EncodedPair
 from matryoshka.server.errors import DrainingError, NotReadyError, abort, status_code
 from matryoshka.server.metrics import Metrics
+from matryoshka.server.served import Served
 from matryoshka.server.settings import Settings
 from matryoshka.server.translate import (
     RerankCall,
@@ -38,39 +35,36 @@ log = logging.getLogger("matryoshka.server")
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
-    """Implements matryoshka.v1.RerankService on one loaded model."""
+    """Implements matryoshka.v1.RerankService on the served models, routed by RerankRequest.model."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.draining = False
-        self._engine: tuple[Reranker, Scheduler] | None = None
-        self.cache: AsyncLayerCache | None = None
+        self._served: dict[str, Served] = {}
+        self._default = ""
 
-    def attach(self, reranker: Reranker, scheduler: Scheduler) -> None:
-        """Start answering with a loaded, warm model (until then calls get UNAVAILABLE)."""
-        self.cache = self._open_cache(reranker)
-        self._engine = (reranker, scheduler)
-        self.metrics.queue_size.set_function(lambda: scheduler.num_unfinished)
+    def attach(self, served: dict[str, Served]) -> None:
+        """Start answering with loaded, warm models, the default first (until then: UNAVAILABLE)."""
+        self._served = dict(served)
+        self._default = next(iter(served))
 
     @property
-    def scheduler(self) -> Scheduler:
-        """The engine's scheduler (only once attached)."""
-        if self._engine is None:
+    def served(self) -> dict[str, Served]:
+        """Served models by name, the default first (only once attached)."""
+        if not self._served:
             raise NotReadyError()
-        return self._engine[1]
+        return self._served
 
     @property
     def info(self) -> ModelInfo:
-        """The served model (only once attached)."""
-        if self._engine is None:
-            raise NotReadyError()
-        return self._engine[0].info
+        """The default model (only once attached)."""
+        return self.served[self._default].info
 
     @property
     def models(self) -> dict[str, ModelInfo]:
-        """Served models by name."""
-        return {self.info.name: self.info}
+        """Served models' descriptions by name."""
+        return {name: s.info for name, s in self.served.items()}
 
     # -- RPCs -----------------------------------------------------------------------------------
 
@@ -84,12 +78,12 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             result, waited = await self._run(call, context, None, arrived)
             response = pb.RerankResponse(**self._answer(call, result, waited, start))
         except asyncio.CancelledError:
-            self._count("Rerank", grpc.StatusCode.CANCELLED, start)
+            self._count("Rerank", grpc.StatusCode.CANCELLED, start, request.model)
             raise
         except Exception as exc:
-            self._count("Rerank", status_code(exc), start)
+            self._count("Rerank", status_code(exc), start, request.model)
             await abort(context, exc)
-        self._count("Rerank", grpc.StatusCode.OK, start)
+        self._count("Rerank", grpc.StatusCode.OK, start, request.model)
         return response
 
     async def StreamRerank(  # noqa: N802 - method names are the proto's
@@ -117,7 +111,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                     yield pb.StreamRerankResponse(
                         layer=layer,
                         results=to_results(call, outcomes, running_ok=True),
-                        model=self.info.name,
+                        model=call.model,
                         request_id=call.request_id,
                     )
                 result, waited = task.result()
@@ -127,35 +121,37 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             layer = max((r.exit_layer for r in final["results"]), default=0)
             yield pb.StreamRerankResponse(layer=layer, final=True, **final)
         except asyncio.CancelledError:
-            self._count("StreamRerank", grpc.StatusCode.CANCELLED, start)
+            self._count("StreamRerank", grpc.StatusCode.CANCELLED, start, request.request.model)
             raise
         except Exception as exc:
-            self._count("StreamRerank", status_code(exc), start)
+            self._count("StreamRerank", status_code(exc), start, request.request.model)
             await abort(context, exc)
-        self._count("StreamRerank", grpc.StatusCode.OK, start)
+        self._count("StreamRerank", grpc.StatusCode.OK, start, request.request.model)
 
     async def GetModelInfo(  # noqa: N802 - method names are the proto's
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
         start = time.perf_counter()
-        if self._engine is None:
-            self._count("GetModelInfo", grpc.StatusCode.UNAVAILABLE, start)
+        if not self._served:
+            self._count("GetModelInfo", grpc.StatusCode.UNAVAILABLE, start, request.model)
             await abort(context, NotReadyError())
-        if request.model and request.model not in self.models:
-            self._count("GetModelInfo", grpc.StatusCode.NOT_FOUND, start)
-            await abort(context, UnknownModelError(request.model, sorted(self.models)))
-        model = to_model_info(self.info, self.settings, self._engine[0].dtype.name)
-        self._count("GetModelInfo", grpc.StatusCode.OK, start)
-        return pb.GetModelInfoResponse(models=[model])
+        if request.model and request.model not in self._served:
+            self._count("GetModelInfo", grpc.StatusCode.NOT_FOUND, start, request.model)
+            await abort(context, UnknownModelError(request.model, list(self._served)))
+        models = [
+            to_model_info(s.info, self.settings, s.reranker.dtype.name, is_default=name == self._default)
+            for name, s in self._served.items()
+            if not request.model or name == request.model
+        ]
+        self._count("GetModelInfo", grpc.StatusCode.OK, start, request.model)
+        return pb.GetModelInfoResponse(models=models)
 
     # -- helpers --------------------------------------------------------------------------------
 
     def _accept(self, request: pb.RerankRequest) -> RerankCall:
         if self.draining:
             raise DrainingError()
-        if self._engine is None:
-            raise NotReadyError()
-        return to_call(request, self.models, self.info.name, self.settings)
+        return to_call(request, self.models, self._default, self.settings)
 
     async def _run(
         self,
@@ -192,7 +188,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             cached_scores=cached.scores,
             keep_states=pairs is not None and call.cache_mode == "read_write",
         )
-        future = self.scheduler.submit(job, on_stage)
+        future = self.served[call.model].scheduler.submit(job, on_stage)
         try:
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -204,39 +200,33 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
 
     def _answer(self, call: RerankCall, result: JobResult, waited: float, start: float) -> dict[str, Any]:
         for o in result.outcomes:
-            self.metrics.exit_layer.observe(o.exit_layer)
-        self.metrics.documents.inc(len(result.outcomes))
-        self.metrics.flops_saved.observe(max(min(result.usage.flops_saved, 1.0), 0.0))
-        return to_answer(call, result, self.info.name, queued=waited, total=time.perf_counter() - start)
+            self.metrics.exit_layer.labels(model=call.model).observe(o.exit_layer)
+        self.metrics.documents.labels(model=call.model).inc(len(result.outcomes))
+        self.metrics.flops_saved.labels(model=call.model).observe(
+            max(min(result.usage.flops_saved, 1.0), 0.0)
+        )
+        return to_answer(call, result, call.model, queued=waited, total=time.perf_counter() - start)
 
-    def _count(self, method: str, code: grpc.StatusCode, start: float) -> None:
-        self.metrics.requests.labels(method=method, code=code.name).inc()
-        self.metrics.latency.labels(method=method).observe(time.perf_counter() - start)
+    def _count(self, method: str, code: grpc.StatusCode, start: float, requested: str) -> None:
+        model = self._label(requested)
+        self.metrics.requests.labels(method=method, code=code.name, model=model).inc()
+        self.metrics.latency.labels(method=method, model=model).observe(time.perf_counter() - start)
+
+    def _label(self, requested: str) -> str:
+        """The metrics label of a requested model: its served name, or "" when not served (a caller's
+        made-up names never become label values)."""
+        name = requested or self._default
+        return name if name in self._served else ""
 
     # -- the layer-state cache (I/O here, on the event loop; never on the engine thread) -----------
 
-    def _open_cache(self, reranker: Reranker) -> AsyncLayerCache | None:
-        s = self.settings
-        cache = open_cache(
-            s.cache_url,
-            reranker.model,
-            memory_bytes=s.cache_memory_bytes,
-            ttl_seconds=s.cache_ttl_seconds,
-            timeout=s.cache_timeout_seconds,
-            retry_seconds=s.cache_retry_seconds,
-            state_dtype=s.cache_state_dtype,
-            max_entry_bytes=s.cache_max_entry_bytes,
-            on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc(),
-        )
-        log.info("layer-state cache: %s", "off" if cache is None else type(cache.store).__name__)
-        return cache
-
     async def _cache_lookup(self, call: RerankCall) -> tuple[list[EncodedPair] | None, CachedRows]:
         """Tokenise (off the loop) and look the pairs up; (None, nothing) when the cache is not used."""
-        cache = self.cache
-        if cache is None or call.cache_mode == "bypass" or self._engine is None:
+        served = self.served[call.model]
+        cache = served.cache
+        if cache is None or call.cache_mode == "bypass":
             return None, CachedRows()
-        model = self._engine[0].model
+        model = served.reranker.model
         pairs = await asyncio.to_thread(model.encode, call.query, call.documents, call.truncation)
         try:
             return pairs, await cache.lookup(pairs, call.plan)
@@ -249,11 +239,11 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         usage = result.usage
         misses = len(result.outcomes) - usage.cache_hits - usage.cache_resumed
         for label, count in (("hit", usage.cache_hits), ("resumed", usage.cache_resumed), ("miss", misses)):
-            self.metrics.cache_documents.labels(result=label).inc(count)
-        cache = self.cache
+            self.metrics.cache_documents.labels(result=label, model=call.model).inc(count)
+        cache = self.served[call.model].cache
         if (
             cache is not None
             and call.cache_mode == "read_write"
             and not cache.write_back(pairs, call.plan, result)
         ):
-            self.metrics.cache_writes_dropped.inc()
+            self.metrics.cache_writes_dropped.labels(model=call.model).inc()

@@ -8,6 +8,8 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from matryoshka.server.model_specs import served_specs
+
 
 class Settings(BaseSettings):
     """Everything an operator can tune; each field is also `MATRYOSHKA_<NAME>` in the environment."""
@@ -76,11 +78,17 @@ class Settings(BaseSettings):
         None, description="Hugging Face-format re-ranker checkpoint served as `model` (docs/models.md)"
     )
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
+    models: list[str] = Field(
+        default_factory=list,
+        description="More models by name: NAME=SOURCE[,scoring=S][,artifact=PATH] each (docs/models.md); "
+        "in the environment a JSON list",
+    )
 
     @model_validator(mode="after")
-    def _tls_pairs(self) -> Self:
+    def _consistent(self) -> Self:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("set tls_cert and tls_key together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        served_specs(self)  # a bad entry or a name served twice is refused before anything loads
         return self

@@ -309,7 +309,9 @@ def to_answer(
     }
 
 
-def to_model_info(info: ModelInfo, settings: Settings, dtype: str = "") -> pb.ModelInfo:
+def to_model_info(
+    info: ModelInfo, settings: Settings, dtype: str = "", *, is_default: bool = True
+) -> pb.ModelInfo:
     """A served model as GetModelInfo describes it: shape, exit layers, scoring, dtype and the limits."""
     s = settings
     return pb.ModelInfo(
@@ -334,6 +336,6 @@ def to_model_info(info: ModelInfo, settings: Settings, dtype: str = "") -> pb.Mo
         calibration_version=info.calibration_version,
         fingerprint=info.fingerprint,
         template_version=info.template_version,
-        is_default=True,
+        is_default=is_default,
         dtype=dtype,
     )
