@@ -10,6 +10,7 @@ float mask, dtype minimum where a key is masked).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import sys
@@ -20,7 +21,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-MODULE = "FlagEmbedding.inference.reranker.decoder_only.models.modeling_minicpm_reranker"
+MODELS = "FlagEmbedding.inference.reranker.decoder_only.models"
+LAYERWISE = f"{MODELS}.modeling_minicpm_reranker"
+LIGHTWEIGHT = f"{MODELS}.gemma_model"
 SHIMMED = "transformers.modeling_attn_mask_utils"
 
 
@@ -64,13 +67,13 @@ def _shim_mask_utils() -> None:
 def _package_without_init() -> None:
     """Register FlagEmbedding's packages down to the modelling module without running their
     `__init__` files (they import the whole library and its optional dependencies)."""
-    if MODULE.rsplit(".", 1)[0] in sys.modules:
+    if MODELS in sys.modules:
         return
     root = importlib.util.find_spec("FlagEmbedding")
     if root is None or root.submodule_search_locations is None:
         raise ImportError("FlagEmbedding is not installed (make setup installs it, test-only)")
     base = Path(next(iter(root.submodule_search_locations)))
-    parts = MODULE.split(".")[:-1]
+    parts = MODELS.split(".")
     for depth in range(1, len(parts) + 1):
         name = ".".join(parts[:depth])
         if name not in sys.modules:
@@ -86,7 +89,7 @@ def layerwise_class() -> Any:
     """FlagEmbedding's LayerWiseMiniCPMForCausalLM (raises ImportError when FlagEmbedding is absent)."""
     _shim_mask_utils()
     _package_without_init()
-    return importlib.import_module(MODULE).LayerWiseMiniCPMForCausalLM
+    return importlib.import_module(LAYERWISE).LayerWiseMiniCPMForCausalLM
 
 
 def load_layerwise(directory: Path) -> Any:
@@ -120,3 +123,98 @@ def layerwise_reference(model: Any, input_ids: list[int], cutoff_layers: list[in
         layer: float(logits[0, -1].reshape(-1)[0])
         for layer, logits in zip(cutoff_layers, out.logits, strict=True)
     }
+
+
+def _v4_decoder_layer() -> type:
+    """transformers 5's Gemma2DecoderLayer called the transformers 4 way, as CostWiseGemmaModel calls it.
+
+    In 4.x the layer computed its own rotary embedding from `position_ids`, masked its sliding window
+    itself and returned a tuple; 5.x takes `position_embeddings` from the model, leaves the sliding
+    window to the model's masks and returns the hidden states. The layer's math is untouched."""
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer, Gemma2RotaryEmbedding
+
+    class V4CallingConvention(Gemma2DecoderLayer):  # type: ignore[misc]
+        def __init__(self, config: Any, layer_idx: int) -> None:
+            super().__init__(config, layer_idx)
+            self.rotary = Gemma2RotaryEmbedding(config)
+            self.window = (
+                config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
+            )
+
+        def forward(  # type: ignore[override]
+            self,
+            hidden_states: torch.Tensor,
+            attention_mask: torch.Tensor | None = None,
+            position_ids: torch.Tensor | None = None,
+            **v4_only: Any,  # past_key_value, output_attentions, use_cache, cache_position: unused here
+        ) -> tuple[torch.Tensor]:
+            if self.window is not None and hidden_states.shape[1] > self.window:
+                raise NotImplementedError("sequences longer than the sliding window are not bridged")
+            assert position_ids is not None
+            rope = self.rotary(hidden_states, position_ids)
+            return (super().forward(hidden_states, rope, attention_mask=attention_mask),)
+
+    return V4CallingConvention
+
+
+def _cache_named(output: type) -> type:
+    """Their output dataclass with its `past_key_values` field named `cache`: transformers 5 renames
+    that keyword to `cache` in every ModelOutput constructor, so a dataclass declaring the old field
+    cannot be built; `.past_key_values` still reads it."""
+    from transformers.utils import ModelOutput
+
+    fields = [
+        ("cache" if f.name == "past_key_values" else f.name, Any, dataclasses.field(default=None))
+        for f in dataclasses.fields(output)
+    ]
+    return dataclasses.make_dataclass(output.__name__, fields, bases=(ModelOutput,))
+
+
+def load_lightweight(directory: Path) -> Any:
+    """FlagEmbedding's CostWiseGemmaForCausalLM built by its own constructor (fp32, eager attention)
+    with the directory's weights loaded strictly by name, in eval mode.
+
+    Bridged without touching their code: the `transformers.modeling_attn_mask_utils` import (their mask
+    code never calls it), `_tied_weights_keys` (as for the layerwise class), transformers 4's calling
+    convention of the Gemma2DecoderLayer their model stacks (`_v4_decoder_layer`), their two output
+    dataclasses (`_cache_named`), and construction off the meta device (the rotary tables are buffers
+    computed at construction)."""
+    _shim_mask_utils()
+    _package_without_init()
+    module = importlib.import_module(LIGHTWEIGHT)
+    module.Gemma2DecoderLayer = _v4_decoder_layer()  # the name their model's constructor looks up
+    for name in ("CostWiseModelOutputWithPast", "CostWiseCausalLMOutputWithPast"):
+        setattr(module, name, _cache_named(getattr(module, name)))  # looked up when their forward returns
+    base = module.CostWiseGemmaForCausalLM
+    cls = type(base.__name__, (base,), {"_tied_weights_keys": {}})
+    config = base.config_class.from_pretrained(directory)
+    config._attn_implementation = "eager"
+    model = cls(config).to(torch.float32)
+    model.load_state_dict(load_file(directory / "model.safetensors"), strict=True)
+    return model.eval()
+
+
+def lightweight_reference(
+    model: Any,
+    input_ids: list[int],
+    lengths: tuple[int, int],
+    cutoff_layers: list[int],
+    compress_layers: list[int],
+    compress_ratio: int,
+) -> dict[int, float]:
+    """Their forward on one unpadded sequence (query and prompt lengths as their inference passes
+    them): the last token's score at each cutoff layer."""
+    ids = torch.tensor([input_ids])
+    with torch.no_grad():
+        out = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            cutoff_layers=cutoff_layers,
+            compress_layer=compress_layers,
+            compress_ratio=compress_ratio,
+            query_lengths=[lengths[0]],
+            prompt_lengths=[lengths[1]],
+            output_hidden_states=True,
+            use_cache=False,
+        )
+    return {layer: float(logits[0, -1]) for layer, logits in zip(cutoff_layers, out.logits, strict=True)}

@@ -1,8 +1,7 @@
-"""The layerwise family against FlagEmbedding's own class: the engine's score at every cutoff layer
-equals LayerWiseMiniCPMForCausalLM's forward (fp32) on a tiny random checkpoint, for a padded batch.
-
-The lightweight family (CostWiseGemmaForCausalLM) cannot run under transformers 5 without rewriting
-its forward (docs/models.md "Parity"); tests/unit/lightweight_reference.py stands in for it."""
+"""The layerwise and lightweight families against FlagEmbedding's own classes (LayerWiseMiniCPMForCausalLM,
+CostWiseGemmaForCausalLM; test-only, loaded under transformers 5 by tests/unit/flagembedding_reference.py):
+the engine's score at every cutoff layer and compression setting equals their forward (fp32) on tiny
+random checkpoints, and so does the independent forward written from the published math."""
 
 from __future__ import annotations
 
@@ -10,12 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from matryoshka.engine.plan import Plan, WidthTarget
+from matryoshka.engine.reranker import Reranker
 from matryoshka.model.checkpoint import load_checkpoint
+from matryoshka.model.families.prompts import BGE_PROMPT
 from tests.conftest import PASSAGES
 from tests.unit import checkpoints
-from tests.unit.flagembedding_reference import layerwise_reference, load_layerwise
+from tests.unit.flagembedding_reference import (
+    layerwise_reference,
+    lightweight_reference,
+    load_layerwise,
+    load_lightweight,
+)
+from tests.unit.lightweight_reference import lightweight_scores
 from tests.unit.minicpm_reference import layerwise_scores
-from tests.unit.test_checkpoint_families import TOL, bge_ids, engine_logits
+from tests.unit.test_checkpoint_families import QUERY, TOL, bge_ids, engine_logits, ids
 
 
 @pytest.mark.parametrize("start_layer", [1, 2, 4])
@@ -40,3 +48,45 @@ def test_layerwise_scores_equal_flagembeddings_own_class_at_every_cutoff(
         )
         # and the independent forward written from the published math agrees with their class
         assert layerwise_scores(directory, ids) == pytest.approx(theirs, abs=TOL)
+
+
+@pytest.fixture(scope="module")
+def lightweight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Reranker, object]:
+    """A tiny lightweight checkpoint (heads from layer 1), our engine on it and their class on it."""
+    directory = checkpoints.gemma2_lightweight(tmp_path_factory.mktemp("lw") / "lightweight", start_layer=1)
+    return directory, Reranker(load_checkpoint(directory)), load_lightweight(directory)
+
+
+@pytest.mark.parametrize(
+    ("compress_layers", "ratio"),
+    [([], 1), ([1], 2), ([2], 4), ([1, 2], 2), ([1], 8), ([3], 2)],
+    ids=["uncompressed", "2x@1", "4x@2", "2x@1,2", "8x@1", "2x@3"],
+)
+def test_lightweight_scores_equal_flagembeddings_own_class_at_every_cutoff_and_compression(
+    lightweight: tuple[Path, Reranker, object], compress_layers: list[int], ratio: int
+) -> None:
+    """Their compress_layers + compress_ratio are our width steps, their cutoff layers our depths."""
+    directory, reranker, theirs_model = lightweight
+    cutoffs = list(reranker.info.head_layers)
+    assert cutoffs == [1, 2, 3, 4]
+    lengths = (1 + len(ids(f"A: {QUERY}")) + len(ids("\n")), len(ids("\n")) + len(ids(BGE_PROMPT)))
+    theirs = []
+    for passage in PASSAGES:
+        scores = lightweight_reference(
+            theirs_model, bge_ids(passage), lengths, cutoffs, compress_layers, ratio
+        )
+        assert scores == pytest.approx(
+            lightweight_scores(directory, bge_ids(passage), lengths, compress_layers, ratio), abs=TOL
+        )
+        theirs.append(scores)
+    checked = 0
+    for depth in cutoffs:
+        steps = {layer: WidthTarget(ratio=float(ratio)) for layer in compress_layers if layer < depth}
+        if len(steps) != len(compress_layers):
+            continue  # their forward compresses at a layer only when it runs past it
+        result = reranker.rerank(QUERY, PASSAGES, Plan(depth=depth, width=steps), score_type="logit")
+        for r in result.results:
+            assert r.exit_layer == depth
+            assert r.score == pytest.approx(theirs[r.index][depth], abs=TOL), f"depth {depth} row {r.index}"
+            checked += 1
+    assert checked >= len(PASSAGES)
