@@ -57,11 +57,6 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         return self._served
 
     @property
-    def info(self) -> ModelInfo:
-        """The default model (only once attached)."""
-        return self.served[self._default].info
-
-    @property
     def models(self) -> dict[str, ModelInfo]:
         """Served models' descriptions by name."""
         return {name: s.info for name, s in self.served.items()}
