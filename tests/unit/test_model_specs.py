@@ -82,3 +82,9 @@ def test_bad_models_settings_are_refused_before_anything_loads(
     with pytest.raises(ValidationError) as caught:
         Settings.model_validate(settings)
     assert said in str(caught.value)
+
+
+def test_the_environment_must_give_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MATRYOSHKA_MODELS", "a=minilm-l6")
+    with pytest.raises(ValidationError, match="MATRYOSHKA_MODELS must be a JSON list of NAME=SOURCE"):
+        Settings()

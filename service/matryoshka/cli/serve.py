@@ -35,7 +35,6 @@ def serve(
     import logging
 
     from pydantic import ValidationError
-    from pydantic_settings import SettingsError
 
     from matryoshka.cli.common import fail
     from matryoshka.server.app import serve as run_server
@@ -56,7 +55,7 @@ def serve(
     }
     try:
         settings = Settings.model_validate({k: v for k, v in flags.items() if v is not None})
-    except (ValidationError, SettingsError) as exc:
+    except ValidationError as exc:
         fail(f"bad settings: {exc}", cause=exc)
     try:
         asyncio.run(run_server(settings))

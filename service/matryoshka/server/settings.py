@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from matryoshka.server.model_specs import served_specs
 
@@ -78,11 +79,26 @@ class Settings(BaseSettings):
         None, description="Hugging Face-format re-ranker checkpoint served as `model` (docs/models.md)"
     )
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
-    models: list[str] = Field(
+    models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="More models by name: NAME=SOURCE[,scoring=S][,artifact=PATH] each (docs/models.md); "
         "in the environment a JSON list",
     )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_list(cls, value: object) -> object:
+        """MATRYOSHKA_MODELS arrives as a string: a JSON list of entries."""
+        if not isinstance(value, str):
+            return value
+        try:
+            entries = json.loads(value)
+        except json.JSONDecodeError:
+            entries = None
+        if not isinstance(entries, list):
+            example = '["a=minilm-l6", "b=/models/b"]'
+            raise ValueError(f"MATRYOSHKA_MODELS must be a JSON list of NAME=SOURCE entries, e.g. {example}")
+        return entries
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
