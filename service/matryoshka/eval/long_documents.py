@@ -73,7 +73,8 @@ def compare_readings(
             chunking=reading.chunking,
         )
         if out_dir is not None:
-            write_run(result.run, out_dir / f"{reading.name}.trec", tag=f"matryoshka-{reading.name}")
+            file = reading.name.replace("/", "-")  # "chunk-128/32-max" -> chunk-128-32-max.trec
+            write_run(result.run, out_dir / f"{file}.trec", tag=f"matryoshka-{file}")
         u = result.usage
         queries = max(u.queries, 1)
         report[reading.name] = {
