@@ -4,6 +4,9 @@ through the cache and stream stages rank documents."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import grpc
@@ -157,3 +160,28 @@ def test_stream_stages_rank_documents_not_windows(heads_server: ServerProcess) -
     long_windows = {r.window.count for s in stages for r in s.results if r.index == 1}
     assert len(long_windows) == 1
     assert long_windows.pop() > 10
+
+
+def test_cli_rerank_chunks_through_the_server(heads_server: ServerProcess) -> None:
+    args = ["--target", heads_server.target, "--depth", "4", "--chunk-tokens", "64", "--chunk-overlap", "8"]
+    ok = subprocess.run(
+        [sys.executable, "-m", "matryoshka", "rerank", *args, "--json", QUERY, *DOCS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    payload = json.loads(ok.stdout)
+    long = next(r for r in payload["results"] if r["index"] == 1)
+    assert long["window"]["count"] > 10
+    assert 0 <= long["window"]["start"] < long["window"]["end"] <= len(LONG)
+    assert payload["usage"]["rows"] > len(DOCS)
+    bad = subprocess.run(
+        [sys.executable, "-m", "matryoshka", "rerank", *args[:2], "--chunk-tokens", "1", QUERY, LONG],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0
+    assert "INVALID_ARGUMENT" in bad.stderr
+    assert "documents[0].text:" in bad.stderr

@@ -144,6 +144,7 @@ def _rerank_remote(
         ]
         fail("\n".join(lines), 1, exc)
     payload = asdict(to_result(response))
+    payload["usage"]["rows"] = response.usage.rows  # fields the Python client does not map (yet)
     for doc, sent in zip(payload["results"], response.results, strict=True):
         w = sent.window
         doc["window"] = (
