@@ -160,3 +160,24 @@ def test_chunked_requests_go_through_the_cache(llama_model: MatryoshkaModel) -> 
         assert b.score == pytest.approx(a.score, abs=1e-6)
         assert b.exit_reason is ExitReason.CACHE_HIT
     assert all(not math.isnan(r.score) for r in again.results)
+
+
+def test_a_confident_window_stops_its_document_in_the_engine(llama_model: MatryoshkaModel) -> None:
+    """Exits through the executor: with `relevant` at document 0's best layer-1 window, document 0
+    stops at layer 1 (all its windows) while the others run on; the run processes fewer tokens."""
+    chunking = Chunking(6, 2)
+    job, layer1 = run_chunked(llama_model, Plan(depth=1), chunking)
+    best = {o.index: o.probability for o in layer1.outcomes}
+    threshold = best[0] - 1e-9
+    assert all(best[d] < threshold for d in (1, 2)), best  # only document 0 clears it
+    plan = Plan(confidence=ConfidenceExit(relevant=threshold, irrelevant=None, min_layer=1))
+    _, full = run_chunked(llama_model, Plan(), chunking)
+    _, early = run_chunked(llama_model, plan, chunking)
+    doc0 = early.outcomes[0]
+    assert (doc0.exit_layer, doc0.exit_reason) == (1, ExitReason.CONFIDENT_RELEVANT)
+    assert doc0.window == layer1.outcomes[0].window
+    depth = llama_model.backbone.num_layers
+    assert all(o.exit_layer == depth for o in early.outcomes[1:])
+    assert sum(w.document == 0 for w in job.windows or []) > 1
+    saved = full.usage.layer_tokens - early.usage.layer_tokens
+    assert saved == (depth - 1) * doc0.tokens  # every window of document 0 left after layer 1
