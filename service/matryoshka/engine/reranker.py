@@ -111,8 +111,8 @@ class Reranker:
         """Load a packaged backbone offline with its trained artifact; `dtype="auto"` probes the CPU.
 
         `artifact` names an artifact directory; without one, the artifact shipped for `name` is used
-        when there is one and no `scoring` is asked for. Otherwise decoders score zero-shot by query
-        likelihood and encoders by (untrained) heads; `scoring="heads"` gives untrained heads.
+        when there is one and no `scoring` is asked for. Otherwise both score zero-shot: decoders by query
+        likelihood, encoders as split-pair bi-encoders (cosine); `scoring="heads"` gives untrained heads.
         `device` is "cpu", "cuda" or "cuda:N".
         """
         if threads is not None:
@@ -144,8 +144,8 @@ class Reranker:
             return cls(load_artifact(path, dtype=dtype).to(torch.device(device)))
         loaded = load_backbone(name, dtype)
         loaded.model.to(torch.device(device))
-        if scoring is None:
-            scoring = "query_likelihood" if BACKBONES[name].family == "decoder" else "heads"
+        if scoring is None:  # a zero-shot reading: untrained heads would score at random
+            scoring = "query_likelihood" if BACKBONES[name].family == "decoder" else "cosine"
         return cls(MatryoshkaModel.from_backbone(loaded, scoring=scoring, head_layers=head_layers))
 
     @classmethod
