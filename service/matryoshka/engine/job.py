@@ -55,6 +55,8 @@ class Job:
     # document index -> layer -> cached score: replayed to the exit policy instead of scoring; a
     # document with a cached score at the depth and no `resume` state needs no compute at all
     cached_scores: Mapping[int, Mapping[int, ScoredLayer]] = field(default_factory=dict)
+    # each document's first-stage score (higher = better), or None: ranked by fusion (engine/fusion.py)
+    first_stage: Sequence[float] | None = None
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Outcome:
     exit_layer: int
     exit_reason: ExitReason | None  # None while still running (stage snapshots)
     tokens: int  # input tokens before any merging
+    fused: float | None = None  # the ranking key fused with the first stage (None: rank by probability)
 
 
 @dataclass

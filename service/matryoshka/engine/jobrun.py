@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from matryoshka.engine.cost import Usage
 from matryoshka.engine.exits import ExitReason, ExitSchedule
+from matryoshka.engine.fusion import fused_keys
 from matryoshka.engine.job import EngineError, Job, JobResult, Outcome, ScoredLayer
 from matryoshka.engine.replay import CacheLedger
 from matryoshka.model.state import LayerState, RowState
@@ -101,6 +102,7 @@ class JobRun:
         self.priority = math.inf  # the ordering key (engine/policy.py); lower runs first
         self.first_step: float | None = None
         self.compute_seconds = 0.0
+        self.fusion: Mapping[int, float] = {}  # per-layer fusion weights (the model's; engine/fusion.py)
 
     @property
     def count(self) -> int:
@@ -243,8 +245,8 @@ class JobRun:
         self.exit_layer[rows] = layer
 
     def stop_for_budget(self) -> None:
-        """Every running row exits BUDGET with its latest score; rows never scored keep their input
-        order (probability 0, exit layer 0)."""
+        """Every running row exits BUDGET with its latest score; rows never scored (probability 0, exit
+        layer 0) keep their first-stage place where the job has first-stage scores, else the input order."""
         unscored = torch.isnan(self.prob) & self.active
         self.prob[unscored] = 0.0
         self.logit[unscored] = -math.inf
@@ -264,7 +266,14 @@ class JobRun:
     # -- answers --------------------------------------------------------------------------------
 
     def outcomes(self) -> list[Outcome]:
-        """Each document's latest score, exit layer and reason (None while still running)."""
+        """Each document's latest score, exit layer and reason (None while still running), with its
+        fused ranking key where the job carries first-stage scores."""
+        first = self.job.first_stage
+        keys = (
+            fused_keys(self.prob.tolist(), self.exit_layer.tolist(), first, self.fusion)
+            if first is not None
+            else [None] * self.count
+        )
         return [
             Outcome(
                 index=i,
@@ -273,6 +282,7 @@ class JobRun:
                 exit_layer=int(self.exit_layer[i]),
                 exit_reason=self.reason[i],
                 tokens=self.tokens[i],
+                fused=keys[i],
             )
             for i in range(self.count)
         ]

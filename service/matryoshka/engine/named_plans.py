@@ -9,6 +9,12 @@ Named plans, built from the model's shape (L = num_layers):
   or >= 0.99 ("confidently relevant"). These are the ConfidenceExit defaults the service uses; the
   asymmetry is the paper's (exit early on clear negatives, conservatively on positives). Starting at
   half depth keeps weak early layers from deciding. Thresholds and start layer are options.
+- the `lean` family (issue #17), width first because width costs no training and keeps quality where
+  depth does not: `lean` halves the passage after a third of the depth and halves it again after two
+  thirds (for SmolLM2-135M: /2 after 10, /4 after 20), full depth; `lean-cascade` adds the top-n cascade
+  from five sixths of the depth on (layer 25: candidates that cannot reach the top 10 by the margin
+  stop there; only the contested run to the end). `BUDGET_DEFAULT` names the plan a request that gives
+  only a budget runs under (server/translate.py).
 Depths snap to the nearest head layer at or below the wanted one (every layer has a head by default).
 """
 
@@ -16,11 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from matryoshka.engine.plan import ConfidenceExit, Plan
+from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.width import WidthTarget
 
-PLAN_NAMES = ("full", "light", "adaptive")
+PLAN_NAMES = ("full", "light", "adaptive", "lean", "lean-cascade")
+BUDGET_DEFAULT = "lean-cascade"
+CASCADE_TOP_N = 10
+CASCADE_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,33 @@ def adaptive_plan(info: ModelInfo, exits: ExitConfig | None = None) -> Plan:
     )
 
 
+def lean_width(num_layers: int) -> dict[int, WidthTarget]:
+    """The `lean` width schedule: /2 after a third of the depth, /2 again after two thirds (no step that
+    would fall on layer 0 or on the last layer)."""
+    steps = {max(1, num_layers // 3), max(1, 2 * num_layers // 3)}
+    return {layer: WidthTarget(ratio=2.0) for layer in sorted(steps) if layer < num_layers}
+
+
+def lean_plan(info: ModelInfo, cascade: bool = False) -> Plan:
+    """Full depth under the `lean` width schedule; with `cascade`, the top-n cascade from the head at
+    or below five sixths of the depth."""
+    width = lean_width(info.num_layers)
+    if not cascade:
+        return Plan(width=width)
+    start = head_at_or_below(info, max(1, 5 * info.num_layers // 6))
+    return Plan(
+        width=width,
+        cascade=CascadeExit(
+            top_n=CASCADE_TOP_N, margin=CASCADE_MARGIN, patience=info.num_layers, min_layer=start
+        ),
+    )
+
+
+def budget_default_plan(info: ModelInfo) -> Plan:
+    """The plan a budget-only request runs (BUDGET_DEFAULT) for this model."""
+    return named_plan(BUDGET_DEFAULT, info)
+
+
 def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> Plan:
     """The plan called `name` (one of PLAN_NAMES) for this model."""
     if name == "full":
@@ -68,6 +104,8 @@ def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> P
         return light_plan(info)
     if name == "adaptive":
         return adaptive_plan(info, exits)
+    if name in ("lean", "lean-cascade"):
+        return lean_plan(info, cascade=name == "lean-cascade")
     raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLAN_NAMES)}")
 
 

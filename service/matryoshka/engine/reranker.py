@@ -62,10 +62,12 @@ class RerankResult:
 
 
 def rank(outcomes: Sequence[Outcome], top_n: int | None = None) -> list[Outcome]:
-    """Best first by calibrated probability (ties: lower index first), cut to `top_n`; rows not yet
-    scored (NaN, possible in stage snapshots) are left out."""
+    """Best first by the fused key where there is one (first-stage scores given), else by calibrated
+    probability (ties: lower index first), cut to `top_n`; rows not yet scored (NaN, possible in stage
+    snapshots) are left out."""
     ranked = sorted(
-        (o for o in outcomes if not math.isnan(o.probability)), key=lambda o: (-o.probability, o.index)
+        (o for o in outcomes if not math.isnan(o.probability)),
+        key=lambda o: (-(o.fused if o.fused is not None else o.probability), o.index),
     )
     return ranked[:top_n] if top_n else ranked
 

@@ -6,7 +6,9 @@ order, cut to `max_queries`. A run file's entries are the queries it names; BM25
 judged query, and one that matches no document keeps its empty ranking (it scores 0 for every
 system). Exactly the top-k candidates (trec_eval order) are re-ranked and evaluated; nothing below
 them is appended, so the first stage is evaluated on the same top-k lists. A re-ranked document's
-score is its calibrated probability at its exit layer, the quantity the engine ranks by.
+score is the quantity the engine ranks by: with `fuse` (the default, as a client that sends its
+retriever's scores gets) the key fused with the first-stage score (engine/fusion.py), else its
+calibrated probability at its exit layer.
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def rerank_run(
     queries_per_batch: int | None = None,
     progress: bool = False,
     desc: str = "re-rank",
+    fuse: bool = True,
 ) -> RerankedRun:
     """Re-rank the top-`top_k` candidates of each query in `query_ids` under `plan`.
 
@@ -196,7 +199,8 @@ def rerank_run(
                 usage.queries += 1
                 bar.update(1)
             if pending and (len(pending) == queries_per_batch or position == len(query_ids) - 1):
-                _run_batch(reranker, collection, resolved, pending, run, usage)
+                scores = candidates if fuse else None
+                _run_batch(reranker, collection, resolved, pending, run, usage, scores)
                 bar.update(len(pending))
                 bar.set_postfix(pairs_per_s=f"{usage.pairs_per_second:.2f}", refresh=False)
                 pending = []
@@ -211,6 +215,7 @@ def run_plan(
     queries_per_batch: int | None = None,
     progress: bool = False,
     desc: str = "re-rank",
+    fuse: bool = True,
 ) -> tuple[Plan, RerankedRun]:
     """`plan` resolved for the model, and `rerank_run` of it over `data`'s candidates and queries."""
     resolved = plan.resolve(reranker.info)
@@ -224,6 +229,7 @@ def run_plan(
         queries_per_batch=queries_per_batch,
         progress=progress,
         desc=desc,
+        fuse=fuse,
     )
     return resolved, result
 
@@ -244,10 +250,17 @@ def _run_batch(
     batch: list[tuple[str, list[str]]],
     run: Run,
     usage: RerankUsage,
+    first_stage: Mapping[str, Mapping[str, float]] | None,
 ) -> None:
-    """Score one batch of queries with the executor and record their rankings and usage."""
+    """Score one batch of queries with the executor (with their first-stage scores, if given) and record
+    their rankings and usage."""
     jobs = [
-        Job(collection.queries[qid], [document_text(collection.corpus[d]) for d in doc_ids], plan)
+        Job(
+            collection.queries[qid],
+            [document_text(collection.corpus[d]) for d in doc_ids],
+            plan,
+            first_stage=[first_stage[qid][d] for d in doc_ids] if first_stage is not None else None,
+        )
         for qid, doc_ids in batch
     ]
     started = time.perf_counter()
@@ -256,5 +269,7 @@ def _run_batch(
     for (qid, doc_ids), answer in zip(batch, answers, strict=True):
         if isinstance(answer, EngineError):
             raise answer
-        run[qid] = {doc_ids[o.index]: o.probability for o in answer.outcomes}
+        run[qid] = {
+            doc_ids[o.index]: o.fused if o.fused is not None else o.probability for o in answer.outcomes
+        }
         usage.add(answer)

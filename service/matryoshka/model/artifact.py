@@ -119,6 +119,7 @@ def save_artifact(
             "version": model.calibration_version,
             "temperature": calibration.temperature.tolist(),
             "bias": calibration.bias.tolist(),
+            **({"fusion": {str(k): v for k, v in sorted(model.fusion.items())}} if model.fusion else {}),
         },
         "lora": lora.config if lora is not None else None,
         "compensation": _compensation_config(compensation),
@@ -196,6 +197,7 @@ def load_artifact(
         compensation = Compensation(model.backbone, config)
         compensation.load_adapter_state({k: v.float() for k, v in tensors[COMPENSATION_FILE].items()})
     model.calibration_version = cal["version"]
+    model.fusion = {int(layer): float(w) for layer, w in cal.get("fusion", {}).items()}
     model.artifact_hash = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
     model.to(loaded.model.device)
     model.eval()

@@ -191,6 +191,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             resume=cached.states,
             cached_scores=cached.scores,
             keep_states=pairs is not None and call.cache_mode == "read_write",
+            first_stage=call.first_stage,
         )
         future = self.scheduler.submit(job, on_stage)
         try:

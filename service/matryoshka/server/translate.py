@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from google.protobuf.duration_pb2 import Duration
 
 from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.job import JobResult, Outcome
+from matryoshka.engine.named_plans import budget_default_plan
 from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, FieldViolation, Plan, PlanError
 from matryoshka.engine.reranker import ScoreType, rank
 from matryoshka.model.matryoshka_model import ModelInfo
@@ -86,6 +87,7 @@ class RerankCall:
     return_documents: bool
     request_id: str
     cache_mode: CacheMode = "read_write"
+    first_stage: list[float] | None = None  # documents[i].first_stage_score, on all documents or none
 
 
 def to_call(
@@ -120,9 +122,11 @@ def to_call(
     width = _width(req, add)
     confidence, cascade = _early_exit(req, add)
     budget = _budget(req, add)
+    first_stage = _first_stage(req, add)
     if v:
         raise InvalidRequest(v)
     plan = Plan(depth=req.depth or None, width=width, confidence=confidence, cascade=cascade, budget=budget)
+    plan = _budget_only_default(plan, info)
     try:
         resolved = plan.resolve(info)
     except PlanError as exc:
@@ -139,7 +143,32 @@ def to_call(
         return_documents=req.return_documents,
         request_id=req.request_id,
         cache_mode=CACHE_MODES.get(req.cache_mode, "read_write"),
+        first_stage=first_stage,
     )
+
+
+def _first_stage(req: pb.RerankRequest, add: Add) -> list[float] | None:
+    """documents[i].first_stage_score: finite, and on every document or on none."""
+    given = [d.HasField("first_stage_score") for d in req.documents]
+    if not any(given):
+        return None
+    if not all(given):
+        missing = [i for i, ok in enumerate(given) if not ok]
+        for i in missing[:10]:
+            add(FieldViolation(f"documents[{i}].first_stage_score", "set it on every document or on none"))
+        return None
+    scores = [d.first_stage_score for d in req.documents]
+    for i, score in enumerate(scores):
+        if not math.isfinite(score):
+            add(FieldViolation(f"documents[{i}].first_stage_score", f"must be finite, got {score}"))
+    return scores
+
+
+def _budget_only_default(plan: Plan, info: ModelInfo) -> Plan:
+    """A request that gives only a budget runs the model's budget-default named plan under that budget."""
+    if plan.budget is None or plan.depth is not None or plan.width or plan.confidence or plan.cascade:
+        return plan
+    return replace(budget_default_plan(info), budget=plan.budget)
 
 
 Add = Callable[[FieldViolation], None]
