@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from matryoshka.cli import replay
 from matryoshka.cli.common import ModelOpt, ProgressOpt, backbone, fail
 
 if TYPE_CHECKING:
@@ -250,3 +251,8 @@ def eval_sweep(
         )
         typer.echo(f"{row['family']:<11} nDCG@10 {row['ndcg@10']:.4f}{saved}  {row['label']}")
     typer.echo(f"wrote {out_dir / CSV_NAME} and {out_dir / PNG_NAME}")
+
+
+app.command("record")(replay.record_command)
+app.command("replay")(replay.replay_command)
+app.command("fit-fusion")(replay.fit_fusion_command)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,45 +46,60 @@ def recording_plan(head_layers: tuple[int, ...], width: Mapping[int, WidthTarget
     return Plan(width=dict(width), confidence=never)
 
 
+@dataclass(frozen=True)
+class QueryCandidates:
+    """One query and its candidates as (document id, text, first-stage score), first-stage order."""
+
+    qid: str
+    query: str
+    candidates: list[tuple[str, str, float]]
+
+
+def candidates_of(data: EvalInput) -> list[QueryCandidates]:
+    """The evaluated queries of `data` with their top-k candidates (queries without any are left out)."""
+    out = []
+    for qid in data.query_ids:
+        ranked = rank_documents(data.candidates[qid])[: data.top_k]
+        docs = [(d, document_text(data.collection.corpus[d]), float(s)) for d, s in ranked]
+        if docs:
+            out.append(QueryCandidates(qid, data.collection.queries[qid], docs))
+    return out
+
+
 def record(
     reranker: Reranker,
-    data: EvalInput,
+    queries: Sequence[QueryCandidates],
     width: Mapping[int, WidthTarget] | None = None,
     *,
     queries_per_batch: int = 4,
     progress: bool = False,
 ) -> list[PairScores]:
-    """Score every candidate of `data` at every head layer, one query per executor call."""
+    """Score every candidate at every head layer under `width`, `queries_per_batch` queries per call."""
     info = reranker.info
-    plan = recording_plan(info.head_layers, width or {})
-    # irrelevant=-1 is outside [0, 1]; resolve() would refuse it, so build the resolved plan directly.
-    plan = Plan(depth=info.num_layers, width=dict(sorted(plan.width.items())), confidence=plan.confidence)
+    never = recording_plan(info.head_layers, width or {})
+    # irrelevant=-1 lies outside [0, 1], so resolve() would refuse it: the plan is built resolved
+    plan = Plan(depth=info.num_layers, width=dict(sorted(never.width.items())), confidence=never.confidence)
     flops = reranker.executor.flops
     calibration = reranker.model.scorer.calibration
     out: list[PairScores] = []
-    batches = [
-        data.query_ids[i : i + queries_per_batch] for i in range(0, len(data.query_ids), queries_per_batch)
-    ]
+    batches = [queries[i : i + queries_per_batch] for i in range(0, len(queries), queries_per_batch)]
     for batch in tqdm(batches, desc="record", unit="batch", disable=not progress):
-        ranked = [rank_documents(data.candidates[qid])[: data.top_k] for qid in batch]
         jobs = []
-        for qid, cands in zip(batch, ranked, strict=True):
-            docs = [document_text(data.collection.corpus[d]) for d, _ in cands]
-            job = Job(data.collection.queries[qid], docs, plan, keep_states=True)
+        for item in batch:
+            docs = [text for _, text, _ in item.candidates]
+            job = Job(item.query, docs, plan, keep_states=True)
             job.pairs = reranker.model.encode(job.query, docs, job.truncation)
             jobs.append(job)
-        answers = reranker.executor.run([j for j in jobs if j.documents])
-        live = [(qid, cands, job) for qid, cands, job in zip(batch, ranked, jobs, strict=True) if cands]
-        for (qid, cands, job), answer in zip(live, answers, strict=True):
+        answers = reranker.executor.run(jobs)
+        for item, job, answer in zip(batch, jobs, answers, strict=True):
             if isinstance(answer, EngineError):
                 raise answer
-            out += _rows(qid, cands, job, answer, flops, calibration)
+            out += _rows(item, job, answer, flops, calibration)
     return out
 
 
 def _rows(
-    qid: str,
-    cands: list[tuple[str, float]],
+    item: QueryCandidates,
     job: Job,
     answer: JobResult,
     flops: FlopCounter,
@@ -94,7 +109,7 @@ def _rows(
     query_tokens = sum(s == Segment.QUERY for s in job.pairs[0].segments)
     score_each = flops.score(1, query_tokens)
     rows = []
-    for i, (doc_id, fs) in enumerate(cands):
+    for i, (doc_id, _, fs) in enumerate(item.candidates):
         history = answer.scores[i]
         layers = sorted(history)
         logit = {layer: history[layer].logit for layer in layers}
@@ -103,7 +118,7 @@ def _rows(
         }
         layer_flops = {layer: history[layer].flops - (k + 1) * score_each for k, layer in enumerate(layers)}
         full = flops.full(torch.tensor([len(job.pairs[i].input_ids)]), query_tokens)
-        rows.append(PairScores(qid, doc_id, float(fs), logit, prob, layer_flops, score_each, full))
+        rows.append(PairScores(item.qid, doc_id, float(fs), logit, prob, layer_flops, score_each, full))
     return rows
 
 

@@ -17,7 +17,7 @@ from matryoshka.data.datasets import Qrels, Run
 from matryoshka.engine.fusion import fused_keys
 from matryoshka.engine.job import Job
 from matryoshka.engine.jobrun import JobRun
-from matryoshka.engine.plan import Plan
+from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
 from matryoshka.eval.metrics import evaluate
 
 Row = dict[str, Any]  # one recorded pair (PairScores as JSON: layer keys are strings)
@@ -132,3 +132,52 @@ def fit_fusion(
         )
         weights[layer] = best
     return weights
+
+
+def replay_plans(
+    recording: Recording, margins: Sequence[float], irrelevant: Sequence[float], top_n: int = 10
+) -> list[tuple[str, Plan]]:
+    """The plans a recording can replay: each head layer as the depth; from the head at or below 5/6 of
+    the depth, the top-`top_n` cascade at each margin and the confidence exit at each threshold."""
+    heads = recording.head_layers
+    last = recording.meta["num_layers"]
+    start = max((h for h in heads if h <= 5 * last // 6), default=heads[0])
+    plans = [(f"depth {d}", Plan(depth=d)) for d in heads]
+    patience = len(heads) + 1  # the cascade's stability stop never fires: only its margin drops rows
+    plans += [
+        (
+            f"cascade top {top_n} margin {m:g} from {start}",
+            Plan(depth=last, cascade=CascadeExit(top_n=top_n, margin=m, patience=patience, min_layer=start)),
+        )
+        for m in margins
+    ]
+    plans += [
+        (
+            f"exit p<={t:g} or >=0.99 from {start}",
+            Plan(depth=last, confidence=ConfidenceExit(relevant=0.99, irrelevant=t, min_layer=start)),
+        )
+        for t in irrelevant
+    ]
+    return plans
+
+
+def replay_table(
+    recording: Recording,
+    qrels: Qrels,
+    weights: Mapping[int, float],
+    margins: Sequence[float],
+    irrelevant: Sequence[float],
+) -> list[str]:
+    """One line per replayed plan: nDCG@10 ranked by probability and fused, FLOPs saved, mean exit layer."""
+    level = recording.meta.get("relevance_level", 1)
+    lines = [f"{'plan':<40} {'nDCG@10':>8} {'fused':>8} {'saved':>7} {'exit':>6}"]
+    lines.append(f"{'first stage':<40} {ndcg10(first_stage_run(recording), qrels, level):8.4f}")
+    for label, plan in replay_plans(recording, margins, irrelevant):
+        plain = replay(recording, plan)
+        fused = replay(recording, plan, weights)
+        mean_exit = sum(plain.exit_layers) / max(len(plain.exit_layers), 1)
+        lines.append(
+            f"{label:<40} {ndcg10(plain.run, qrels, level):8.4f} {ndcg10(fused.run, qrels, level):8.4f} "
+            f"{plain.flops_saved:7.1%} {mean_exit:6.2f}"
+        )
+    return lines

@@ -149,6 +149,17 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def set_fusion(path: Path, weights: dict[int, float], fitted_on: str) -> None:
+    """Store per-layer fusion weights (engine/fusion.py) in the calibration of the artifact at `path`."""
+    manifest = read_manifest(path)
+    unknown = sorted(set(weights) - set(manifest["head_layers"]))
+    if unknown:
+        raise ArtifactError(f"{path}: no head at layers {unknown}")
+    manifest["calibration"]["fusion"] = {str(k): weights[k] for k in sorted(weights)}
+    manifest["calibration"]["fusion_fitted_on"] = fitted_on
+    (path / MANIFEST).write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+
+
 def load_artifact(
     path: Path, *, dtype: torch.dtype = torch.float32, backbone: LoadedBackbone | None = None
 ) -> MatryoshkaModel:
