@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from matryoshka.engine.named_plans import ExitConfig, light_plan, named_plan, parse_plan_names
-from matryoshka.engine.plan import ConfidenceExit, Plan
+from matryoshka.engine.named_plans import (
+    BUDGET_DEFAULT,
+    PLAN_NAMES,
+    ExitConfig,
+    budget_default_plan,
+    lean_width,
+    light_plan,
+    named_plan,
+    parse_plan_names,
+)
+from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.width import WidthTarget
 
@@ -58,3 +67,31 @@ def test_the_bench_and_training_use_the_light_plan_shape() -> None:
         "depth15+width50@7": light,
     }
     assert [s.label for s in light_structures(30, (2.0, 4.0))] == ["full", "r2@7", "r4@7"]
+
+
+def test_the_lean_family_for_a_30_layer_model() -> None:
+    model = info(30, head_layers=(15, 20, 22, 25, 30))
+    halved_twice = {10: WidthTarget(ratio=2.0), 20: WidthTarget(ratio=2.0)}
+    assert named_plan("lean", model) == Plan(width=halved_twice)
+    cascade = named_plan("lean-cascade", model)
+    assert cascade.width == halved_twice
+    assert cascade.cascade is not None
+    assert (cascade.cascade.top_n, cascade.cascade.min_layer) == (10, 25)
+    assert cascade.cascade.patience >= 30  # only the margin drops candidates; no stability stop
+    assert cascade.confidence is None
+    assert BUDGET_DEFAULT in PLAN_NAMES
+    assert budget_default_plan(model) == named_plan(BUDGET_DEFAULT, model)
+    for name in PLAN_NAMES:
+        named_plan(name, model).resolve(model)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4, 6, 12])
+def test_the_lean_family_fits_small_models(layers: int) -> None:
+    model = info(layers)
+    assert all(1 <= layer < layers for layer in lean_width(layers))
+    for name in ("lean", "lean-cascade"):
+        named_plan(name, model).resolve(model)
+    cascade = named_plan("lean-cascade", model).cascade
+    assert cascade == CascadeExit(
+        top_n=10, margin=cascade.margin, patience=layers, min_layer=cascade.min_layer
+    )
