@@ -114,4 +114,5 @@ def test_a_budget_only_request_runs_the_budget_default_plan(model: MatryoshkaMod
     explicit = to_call(
         request(list(FIRST), budget=pb.Budget(max_flops=1e15), depth=4), {NAME: model.info}, NAME, limits
     )
-    assert explicit.plan.width == {} and explicit.plan.cascade is None  # the caller's plan stands
+    assert explicit.plan.width == {}
+    assert explicit.plan.cascade is None

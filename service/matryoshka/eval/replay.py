@@ -112,8 +112,11 @@ def ndcg10(run: Run, qrels: Qrels, relevance_level: int = 1) -> float:
     return evaluate(run, qrels, relevance_level=relevance_level)["ndcg@10"]
 
 
+FUSION_GRID = tuple(i / 20 for i in range(21))
+
+
 def fit_fusion(
-    recordings: Sequence[tuple[Recording, Qrels]], grid: Sequence[float] = tuple(i / 20 for i in range(21))
+    recordings: Sequence[tuple[Recording, Qrels]], grid: Sequence[float] = FUSION_GRID
 ) -> dict[int, float]:
     """Per head layer, the weight w in `grid` whose fused ranking (every pair scored at that layer) has the
     best nDCG@10 averaged over `recordings`; ties go to the larger w (trust the head)."""
