@@ -216,10 +216,10 @@ def test_sweep_points_for_a_30_layer_model() -> None:
         "width /2 after 5, /4 after 15",
         "width /2 after 10, /4 after 20",
         "width /2 after 15, /4 after 25",
-        "lean-cascade",
+        "lean-short",
     ]
     assert lean[1].plan.width == {10: WidthTarget(ratio=2.0), 20: WidthTarget(ratio=2.0)}
-    assert lean[3].plan.cascade is not None
+    assert lean[3].plan == Plan(depth=25, width=lean[1].plan.width)
 
 
 def test_sweep_writes_csv_and_png(tiny_reranker: Reranker, eval_collection: Path, tmp_path: Path) -> None:
@@ -238,7 +238,7 @@ def test_sweep_writes_csv_and_png(tiny_reranker: Reranker, eval_collection: Path
     assert [r["family"] for r in rows].count("width") == 3
     assert [r["family"] for r in rows].count("joint") == 3
     assert [r["family"] for r in rows].count("exit") == 2
-    assert [r["family"] for r in rows].count("lean") == 2  # 4 layers: /2 after 1 and 3, lean-cascade
+    assert [r["family"] for r in rows].count("lean") == 2  # 4 layers: /2 after 1 and 3, lean-short
     first = evaluate(data.candidates, data.qrels, relevance_level=2)
     assert float(rows[0]["ndcg@10"]) == pytest.approx(first["ndcg@10"])
     assert rows[0]["flops_saved"] == ""

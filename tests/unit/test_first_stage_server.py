@@ -101,18 +101,19 @@ def test_scores_are_accepted_and_every_document_answered(channel: grpc.Channel) 
     assert not answer.partial
 
 
-def test_a_budget_only_request_runs_the_budget_default_plan(model: MatryoshkaModel) -> None:
+def test_a_budget_only_request_with_first_stage_scores_runs_the_budget_default(
+    model: MatryoshkaModel,
+) -> None:
     limits = Settings()
-    budget_only = to_call(
-        request(list(FIRST), budget=pb.Budget(max_flops=1e15)), {NAME: model.info}, NAME, limits
-    )
+    budget = pb.Budget(max_flops=1e15)
+    budget_only = to_call(request(list(FIRST), budget=budget), {NAME: model.info}, NAME, limits)
     default = budget_default_plan(model.info).resolve(model.info)
-    assert budget_only.plan.width == default.width
-    assert budget_only.plan.cascade == default.cascade
+    assert default.width  # the lean family merges: a different plan from the full one
+    assert (budget_only.plan.depth, budget_only.plan.width) == (default.depth, default.width)
     assert budget_only.plan.budget == Budget(max_flops=1e15)
     assert budget_only.first_stage == FIRST
-    explicit = to_call(
-        request(list(FIRST), budget=pb.Budget(max_flops=1e15), depth=4), {NAME: model.info}, NAME, limits
-    )
-    assert explicit.plan.width == {}
-    assert explicit.plan.cascade is None
+    # no first-stage scores to fuse, or a plan of the caller's: that plan stands under the budget
+    unfused = to_call(request([None] * len(FIRST), budget=budget), {NAME: model.info}, NAME, limits)
+    assert (unfused.plan.depth, unfused.plan.width) == (model.info.num_layers, {})
+    explicit = to_call(request(list(FIRST), budget=budget, depth=4), {NAME: model.info}, NAME, limits)
+    assert (explicit.plan.depth, explicit.plan.width) == (4, {})

@@ -14,7 +14,7 @@ from matryoshka.engine.named_plans import (
     named_plan,
     parse_plan_names,
 )
-from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
+from matryoshka.engine.plan import ConfidenceExit, Plan
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.width import WidthTarget
 
@@ -73,13 +73,11 @@ def test_the_lean_family_for_a_30_layer_model() -> None:
     model = info(30, head_layers=(15, 20, 22, 25, 30))
     halved_twice = {10: WidthTarget(ratio=2.0), 20: WidthTarget(ratio=2.0)}
     assert named_plan("lean", model) == Plan(width=halved_twice)
-    cascade = named_plan("lean-cascade", model)
-    assert cascade.width == halved_twice
-    assert cascade.cascade is not None
-    assert (cascade.cascade.top_n, cascade.cascade.min_layer) == (10, 25)
-    assert cascade.cascade.patience >= 30  # only the margin drops candidates; no stability stop
-    assert cascade.confidence is None
-    assert BUDGET_DEFAULT in PLAN_NAMES
+    assert named_plan("lean-short", model) == Plan(depth=25, width=halved_twice)
+    assert named_plan("lean-short", info(30, head_layers=(15, 30))) == Plan(
+        depth=15, width={10: WidthTarget(ratio=2.0)}
+    )  # snapped to a head; a merge at or after the depth is dropped
+    assert BUDGET_DEFAULT == "lean-short"
     assert budget_default_plan(model) == named_plan(BUDGET_DEFAULT, model)
     for name in PLAN_NAMES:
         named_plan(name, model).resolve(model)
@@ -89,9 +87,5 @@ def test_the_lean_family_for_a_30_layer_model() -> None:
 def test_the_lean_family_fits_small_models(layers: int) -> None:
     model = info(layers)
     assert all(1 <= layer < layers for layer in lean_width(layers))
-    for name in ("lean", "lean-cascade"):
+    for name in ("lean", "lean-short"):
         named_plan(name, model).resolve(model)
-    cascade = named_plan("lean-cascade", model).cascade
-    assert cascade == CascadeExit(
-        top_n=10, margin=cascade.margin, patience=layers, min_layer=cascade.min_layer
-    )

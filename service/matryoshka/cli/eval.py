@@ -130,7 +130,7 @@ def eval_compare(
     plans: Annotated[
         str,
         typer.Option(
-            help="Comma list of full, light, adaptive, lean, lean-cascade; '' for the first stage only."
+            help="Comma list of full, light, adaptive, lean, lean-short; '' for the first stage only."
         ),
     ] = "full,light,adaptive",
     model: ModelOpt = None,

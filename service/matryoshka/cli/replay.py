@@ -12,7 +12,7 @@ import typer
 from matryoshka.cli.common import ModelOpt, ProgressOpt, backbone, fail, parse_width
 
 RecordingOpt = Annotated[list[Path], typer.Option("--recording", help="A recording (eval record --out).")]
-MARGINS = (0.0, 0.02, 0.05, 0.1, 0.2)
+MARGINS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
 IRRELEVANT = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 

@@ -11,10 +11,11 @@ Named plans, built from the model's shape (L = num_layers):
   half depth keeps weak early layers from deciding. Thresholds and start layer are options.
 - the `lean` family (issue #17), width first because width costs no training and keeps quality where
   depth does not: `lean` halves the passage after a third of the depth and halves it again after two
-  thirds (for SmolLM2-135M: /2 after 10, /4 after 20), full depth; `lean-cascade` adds the top-n cascade
-  from five sixths of the depth on (layer 25: candidates that cannot reach the top 10 by the margin
-  stop there; only the contested run to the end). `BUDGET_DEFAULT` names the plan a request that gives
-  only a budget runs under (server/translate.py).
+  thirds (for SmolLM2-135M: /2 after 10, /4 after 20), full depth; `lean-short` stops every candidate
+  at the head at or below five sixths of the depth (layer 25). Both need the first-stage scores
+  (engine/fusion.py) to keep quality: merged widths alone lose it (docs/results.md, issue #17).
+  `BUDGET_DEFAULT` names the plan a request that gives only a budget and first-stage scores runs
+  under (server/translate.py); one without first-stage scores keeps the full plan.
 Depths snap to the nearest head layer at or below the wanted one (every layer has a head by default).
 """
 
@@ -22,14 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
+from matryoshka.engine.plan import ConfidenceExit, Plan
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.width import WidthTarget
 
-PLAN_NAMES = ("full", "light", "adaptive", "lean", "lean-cascade")
-BUDGET_DEFAULT = "lean-cascade"
-CASCADE_TOP_N = 10
-CASCADE_MARGIN = 0.1
+PLAN_NAMES = ("full", "light", "adaptive", "lean", "lean-short")
+BUDGET_DEFAULT = "lean-short"
 
 
 @dataclass(frozen=True)
@@ -76,23 +75,18 @@ def lean_width(num_layers: int) -> dict[int, WidthTarget]:
     return {layer: WidthTarget(ratio=2.0) for layer in sorted(steps) if layer < num_layers}
 
 
-def lean_plan(info: ModelInfo, cascade: bool = False) -> Plan:
-    """Full depth under the `lean` width schedule; with `cascade`, the top-n cascade from the head at
-    or below five sixths of the depth."""
+def lean_plan(info: ModelInfo, short: bool = False) -> Plan:
+    """The `lean` width schedule at full depth; `short`: stopped at the head at or below five sixths of
+    the depth (merges at or after it dropped)."""
     width = lean_width(info.num_layers)
-    if not cascade:
+    if not short:
         return Plan(width=width)
-    start = head_at_or_below(info, max(1, 5 * info.num_layers // 6))
-    return Plan(
-        width=width,
-        cascade=CascadeExit(
-            top_n=CASCADE_TOP_N, margin=CASCADE_MARGIN, patience=info.num_layers, min_layer=start
-        ),
-    )
+    depth = head_at_or_below(info, max(1, 5 * info.num_layers // 6))
+    return Plan(depth=depth, width={k: v for k, v in width.items() if k < depth})
 
 
 def budget_default_plan(info: ModelInfo) -> Plan:
-    """The plan a budget-only request runs (BUDGET_DEFAULT) for this model."""
+    """The plan a budget-only request with first-stage scores runs (BUDGET_DEFAULT) for this model."""
     return named_plan(BUDGET_DEFAULT, info)
 
 
@@ -104,8 +98,8 @@ def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> P
         return light_plan(info)
     if name == "adaptive":
         return adaptive_plan(info, exits)
-    if name in ("lean", "lean-cascade"):
-        return lean_plan(info, cascade=name == "lean-cascade")
+    if name in ("lean", "lean-short"):
+        return lean_plan(info, short=name == "lean-short")
     raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLAN_NAMES)}")
 
 

@@ -6,7 +6,7 @@ for four families of plans (L = num_layers, s = max(1, L // 6)):
 - exit: full depth with a confidence exit from L // 2 on, relevant at p >= 0.99 and irrelevant at
   p <= t for each threshold t;
 - lean: full depth, the passage halved after layer a and halved again after b, for (a, b) in
-  (s, 3s), (2s, 4s), (3s, 5s), and the named `lean-cascade` plan (engine/named_plans.py).
+  (s, 3s), (2s, 4s), (3s, 5s), and the named `lean-short` plan (engine/named_plans.py).
 Depths snap to head layers. Every point re-ranks the same top-k lists as the comparison; time saved
 is 1 - seconds / seconds(full), all measured in one process (the full plan runs first).
 """
@@ -96,7 +96,7 @@ def sweep_points(
         if b < n:
             width = {a: WidthTarget(ratio=2.0), b: WidthTarget(ratio=2.0)}
             points.append(SweepPoint("lean", f"width /2 after {a}, /4 after {b}", Plan(width=width)))
-    points.append(SweepPoint("lean", "lean-cascade", named_plan("lean-cascade", info)))
+    points.append(SweepPoint("lean", "lean-short", named_plan("lean-short", info)))
     return points
 
 

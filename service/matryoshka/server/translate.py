@@ -126,7 +126,7 @@ def to_call(
     if v:
         raise InvalidRequest(v)
     plan = Plan(depth=req.depth or None, width=width, confidence=confidence, cascade=cascade, budget=budget)
-    plan = _budget_only_default(plan, info)
+    plan = _budget_only_default(plan, info, first_stage is not None)
     try:
         resolved = plan.resolve(info)
     except PlanError as exc:
@@ -164,9 +164,17 @@ def _first_stage(req: pb.RerankRequest, add: Add) -> list[float] | None:
     return scores
 
 
-def _budget_only_default(plan: Plan, info: ModelInfo) -> Plan:
-    """A request that gives only a budget runs the model's budget-default named plan under that budget."""
-    if plan.budget is None or plan.depth is not None or plan.width or plan.confidence or plan.cascade:
+def _budget_only_default(plan: Plan, info: ModelInfo, fused: bool) -> Plan:
+    """A request that gives only a budget, with first-stage scores to fuse, runs the budget-default named
+    plan under that budget (its merged widths keep quality only fused: docs/results.md, issue #17)."""
+    if (
+        not fused
+        or plan.budget is None
+        or plan.depth is not None
+        or plan.width
+        or plan.confidence
+        or plan.cascade
+    ):
         return plan
     return replace(budget_default_plan(info), budget=plan.budget)
 
