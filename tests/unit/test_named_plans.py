@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 
 from matryoshka.engine.named_plans import (
-    BUDGET_DEFAULT,
     PLAN_NAMES,
     ExitConfig,
-    budget_default_plan,
     lean_width,
     light_plan,
     named_plan,
@@ -77,8 +75,6 @@ def test_the_lean_family_for_a_30_layer_model() -> None:
     assert named_plan("lean-short", info(30, head_layers=(15, 30))) == Plan(
         depth=15, width={10: WidthTarget(ratio=2.0)}
     )  # snapped to a head; a merge at or after the depth is dropped
-    assert BUDGET_DEFAULT == "lean-short"
-    assert budget_default_plan(model) == named_plan(BUDGET_DEFAULT, model)
     for name in PLAN_NAMES:
         named_plan(name, model).resolve(model)
 

@@ -12,10 +12,9 @@ Named plans, built from the model's shape (L = num_layers):
 - the `lean` family (issue #17), width first because width costs no training and keeps quality where
   depth does not: `lean` halves the passage after a third of the depth and halves it again after two
   thirds (for SmolLM2-135M: /2 after 10, /4 after 20), full depth; `lean-short` stops every candidate
-  at the head at or below five sixths of the depth (layer 25). Both need the first-stage scores
-  (engine/fusion.py) to keep quality: merged widths alone lose it (docs/results.md, issue #17).
-  `BUDGET_DEFAULT` names the plan a request that gives only a budget and first-stage scores runs
-  under (server/translate.py); one without first-stage scores keeps the full plan.
+  at the head at or below five sixths of the depth (layer 25). Measured in docs/results.md (issue
+  #17): they save 33-41% of FLOPs but lose quality, below BM25 on held-out SciFact even fused with the
+  first stage, so a budget-only request still runs the full plan under its budget.
 Depths snap to the nearest head layer at or below the wanted one (every layer has a head by default).
 """
 
@@ -28,7 +27,6 @@ from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.width import WidthTarget
 
 PLAN_NAMES = ("full", "light", "adaptive", "lean", "lean-short")
-BUDGET_DEFAULT = "lean-short"
 
 
 @dataclass(frozen=True)
@@ -83,11 +81,6 @@ def lean_plan(info: ModelInfo, short: bool = False) -> Plan:
         return Plan(width=width)
     depth = head_at_or_below(info, max(1, 5 * info.num_layers // 6))
     return Plan(depth=depth, width={k: v for k, v in width.items() if k < depth})
-
-
-def budget_default_plan(info: ModelInfo) -> Plan:
-    """The plan a budget-only request with first-stage scores runs (BUDGET_DEFAULT) for this model."""
-    return named_plan(BUDGET_DEFAULT, info)
 
 
 def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> Plan:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from google.protobuf.duration_pb2 import Duration
 
 from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.job import JobResult, Outcome
-from matryoshka.engine.named_plans import budget_default_plan
 from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, FieldViolation, Plan, PlanError
 from matryoshka.engine.reranker import ScoreType, rank
 from matryoshka.model.matryoshka_model import ModelInfo
@@ -126,7 +125,6 @@ def to_call(
     if v:
         raise InvalidRequest(v)
     plan = Plan(depth=req.depth or None, width=width, confidence=confidence, cascade=cascade, budget=budget)
-    plan = _budget_only_default(plan, info, first_stage is not None)
     try:
         resolved = plan.resolve(info)
     except PlanError as exc:
@@ -147,6 +145,9 @@ def to_call(
     )
 
 
+Add = Callable[[FieldViolation], None]
+
+
 def _first_stage(req: pb.RerankRequest, add: Add) -> list[float] | None:
     """documents[i].first_stage_score: finite, and on every document or on none."""
     given = [d.HasField("first_stage_score") for d in req.documents]
@@ -162,24 +163,6 @@ def _first_stage(req: pb.RerankRequest, add: Add) -> list[float] | None:
         if not math.isfinite(score):
             add(FieldViolation(f"documents[{i}].first_stage_score", f"must be finite, got {score}"))
     return scores
-
-
-def _budget_only_default(plan: Plan, info: ModelInfo, fused: bool) -> Plan:
-    """A request that gives only a budget, with first-stage scores to fuse, runs the budget-default named
-    plan under that budget (its merged widths keep quality only fused: docs/results.md, issue #17)."""
-    if (
-        not fused
-        or plan.budget is None
-        or plan.depth is not None
-        or plan.width
-        or plan.confidence
-        or plan.cascade
-    ):
-        return plan
-    return replace(budget_default_plan(info), budget=plan.budget)
-
-
-Add = Callable[[FieldViolation], None]
 
 
 def _check_enums(req: pb.RerankRequest, add: Add) -> None:
