@@ -160,9 +160,12 @@ def test_sweep_writes_csv_and_png(eval_collection: Path, tmp_path: Path, loaded:
     with (out / "sweep.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     families = [r["family"] for r in rows]
-    # tiny model, 4 layers: first stage + 4 depths + 3 widths + 3 joint + 3 thresholds
-    assert families == ["first_stage"] + ["depth"] * 4 + ["width"] * 3 + ["joint"] * 3 + ["exit"] * 3
-    assert [r["exit_irrelevant"] for r in rows[-3:]] == ["0.1", "0.5", "0.9"]
+    # tiny model, 4 layers: first stage + 4 depths + 3 widths + 3 joint + 3 thresholds + 2 lean
+    assert (
+        families
+        == ["first_stage"] + ["depth"] * 4 + ["width"] * 3 + ["joint"] * 3 + ["exit"] * 3 + ["lean"] * 2
+    )
+    assert [r["exit_irrelevant"] for r in rows[-5:-2]] == ["0.1", "0.5", "0.9"]
     assert (out / "sweep.png").stat().st_size > 10_000
     assert f"wrote {out / 'sweep.csv'}" in stdout
 

@@ -16,6 +16,7 @@ from matryoshka.eval.report import SystemResult, build_report, compare, format_t
 from matryoshka.eval.rerank_run import auto_queries_per_batch, default_relevance_level, prepare, rerank_run
 from matryoshka.eval.sweep import CSV_FIELDS, run_sweep, sweep_points
 from matryoshka.model.matryoshka_model import ModelInfo
+from matryoshka.model.width import WidthTarget
 from tests.unit.conftest import RUN_FILE
 
 METRICS = ["ndcg@10", "mrr@10", "recall@100", "map"]
@@ -68,10 +69,18 @@ def test_first_stage_metrics_equal_evaluate_on_the_run(
 def test_rerank_run_scores_exactly_the_top_k(tiny_reranker: Reranker, eval_collection: Path) -> None:
     data = prepare(eval_collection, first_stage_spec=RUN_FILE, top_k=3)
     result = rerank_run(
-        tiny_reranker, data.collection, data.candidates, data.query_ids, Plan(), top_k=data.top_k
+        tiny_reranker, data.collection, data.candidates, data.query_ids, Plan(), top_k=data.top_k, fuse=False
     )
     assert {q: set(r) for q, r in result.run.items()} == {q: set(c) for q, c in data.candidates.items()}
     assert all(0.0 < p < 1.0 for ranking in result.run.values() for p in ranking.values())
+    # fused with the first stage (the default) under no fusion weights: the heads' own order
+    fused = rerank_run(
+        tiny_reranker, data.collection, data.candidates, data.query_ids, Plan(), top_k=data.top_k
+    )
+    for qid, ranking in result.run.items():
+        assert sorted(ranking, key=lambda d: -ranking[d]) == sorted(
+            fused.run[qid], key=lambda d: -fused.run[qid][d]
+        )
     u = result.usage
     assert (u.queries, u.pairs) == (3, 9)
     assert u.flops == pytest.approx(u.full_flops)
@@ -202,6 +211,15 @@ def test_sweep_points_for_a_30_layer_model() -> None:
     assert labels["joint"][2] == "depth 15 + width /2 after 7"  # the light plan's shape
     exits = [p.plan.confidence for p in points if p.family == "exit"]
     assert exits == [ConfidenceExit(0.99, 0.01, 15), ConfidenceExit(0.99, 0.1, 15)]
+    lean = [p for p in points if p.family == "lean"]
+    assert [p.label for p in lean] == [
+        "width /2 after 5, /4 after 15",
+        "width /2 after 10, /4 after 20",
+        "width /2 after 15, /4 after 25",
+        "lean-short",
+    ]
+    assert lean[1].plan.width == {10: WidthTarget(ratio=2.0), 20: WidthTarget(ratio=2.0)}
+    assert lean[3].plan == Plan(depth=25, width=lean[1].plan.width)
 
 
 def test_sweep_writes_csv_and_png(tiny_reranker: Reranker, eval_collection: Path, tmp_path: Path) -> None:
@@ -220,6 +238,7 @@ def test_sweep_writes_csv_and_png(tiny_reranker: Reranker, eval_collection: Path
     assert [r["family"] for r in rows].count("width") == 3
     assert [r["family"] for r in rows].count("joint") == 3
     assert [r["family"] for r in rows].count("exit") == 2
+    assert [r["family"] for r in rows].count("lean") == 2  # 4 layers: /2 after 1 and 3, lean-short
     first = evaluate(data.candidates, data.qrels, relevance_level=2)
     assert float(rows[0]["ndcg@10"]) == pytest.approx(first["ndcg@10"])
     assert rows[0]["flops_saved"] == ""

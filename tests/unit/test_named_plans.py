@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from matryoshka.engine.named_plans import ExitConfig, light_plan, named_plan, parse_plan_names
+from matryoshka.engine.named_plans import (
+    PLAN_NAMES,
+    ExitConfig,
+    lean_width,
+    light_plan,
+    named_plan,
+    parse_plan_names,
+)
 from matryoshka.engine.plan import ConfidenceExit, Plan
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.width import WidthTarget
@@ -58,3 +65,23 @@ def test_the_bench_and_training_use_the_light_plan_shape() -> None:
         "depth15+width50@7": light,
     }
     assert [s.label for s in light_structures(30, (2.0, 4.0))] == ["full", "r2@7", "r4@7"]
+
+
+def test_the_lean_family_for_a_30_layer_model() -> None:
+    model = info(30, head_layers=(15, 20, 22, 25, 30))
+    halved_twice = {10: WidthTarget(ratio=2.0), 20: WidthTarget(ratio=2.0)}
+    assert named_plan("lean", model) == Plan(width=halved_twice)
+    assert named_plan("lean-short", model) == Plan(depth=25, width=halved_twice)
+    assert named_plan("lean-short", info(30, head_layers=(15, 30))) == Plan(
+        depth=15, width={10: WidthTarget(ratio=2.0)}
+    )  # snapped to a head; a merge at or after the depth is dropped
+    for name in PLAN_NAMES:
+        named_plan(name, model).resolve(model)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4, 6, 12])
+def test_the_lean_family_fits_small_models(layers: int) -> None:
+    model = info(layers)
+    assert all(1 <= layer < layers for layer in lean_width(layers))
+    for name in ("lean", "lean-short"):
+        named_plan(name, model).resolve(model)

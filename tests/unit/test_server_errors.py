@@ -7,6 +7,7 @@ from google.rpc import code_pb2, error_details_pb2
 from matryoshka.engine.job import BudgetExceededError, JobFailedError, RequestCancelledError
 from matryoshka.engine.plan import FieldViolation
 from matryoshka.engine.scheduler import QueueFullError
+from matryoshka.server.answer import NonFiniteScoreError
 from matryoshka.server.errors import (
     MAX_DETAILS_BYTES,
     MAX_MESSAGE_BYTES,
@@ -17,7 +18,7 @@ from matryoshka.server.errors import (
     to_status,
     truncate,
 )
-from matryoshka.server.translate import InvalidRequest, NonFiniteScoreError, UnknownModelError
+from matryoshka.server.translate import InvalidRequest, UnknownModelError
 
 
 def test_invalid_request_carries_every_field_violation() -> None:

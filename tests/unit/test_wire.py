@@ -9,7 +9,8 @@ from matryoshka.engine.job import Outcome
 from matryoshka.engine.plan import Plan
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
-from matryoshka.server.translate import NonFiniteScoreError, RerankCall, to_results
+from matryoshka.server.answer import NonFiniteScoreError, to_results
+from matryoshka.server.translate import RerankCall
 from matryoshka.server.wire import Undecodable, decoder, find_violations
 from matryoshka_client.proto import rerank_service_pb2 as pb
 
@@ -74,8 +75,8 @@ def test_a_nan_score_is_an_error_not_a_dropped_document() -> None:
 )
 def test_every_scoring_mode_has_a_wire_name(scoring: str, mode: int) -> None:
     from matryoshka.model.matryoshka_model import ModelInfo
+    from matryoshka.server.answer import to_model_info
     from matryoshka.server.settings import Settings
-    from matryoshka.server.translate import to_model_info
 
     info = ModelInfo("m", "encoder", 6, 384, (2, 4, 6), scoring, "v1", "fp", "identity")  # type: ignore[arg-type]
     message = to_model_info(info, Settings(), "float32")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from matryoshka.cli import replay
 from matryoshka.cli.common import ModelOpt, ProgressOpt, backbone, fail
 
 if TYPE_CHECKING:
@@ -63,6 +64,13 @@ BatchOpt = Annotated[
     typer.Option(min=1, help="Queries sent to the executor together (default: enough for ~6 full buckets)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+FuseOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Send each document's first-stage score with it, as a client with a retriever does: the engine "
+        "fuses it with weak heads and ranks documents no head reached by it (engine/fusion.py)."
+    ),
+]
 
 
 def load_reranker(model: str, dtype: str, scoring: str | None, artifact: str | None = None) -> Reranker:
@@ -120,7 +128,10 @@ def eval_compare(
     top_k: TopKOpt = 100,
     max_queries: MaxQueriesOpt = None,
     plans: Annotated[
-        str, typer.Option(help="Comma list of full, light, adaptive; '' for the first stage only.")
+        str,
+        typer.Option(
+            help="Comma list of full, light, adaptive, lean, lean-short; '' for the first stage only."
+        ),
     ] = "full,light,adaptive",
     model: ModelOpt = None,
     dtype: DtypeOpt = "bfloat16",
@@ -136,6 +147,7 @@ def eval_compare(
     queries_per_batch: BatchOpt = None,
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
+    fuse: FuseOpt = True,
 ) -> None:
     """First stage vs re-ranked under each plan: metrics, rel perf, FLOPs saved, pairs/s; a TREC run each."""
     if ctx.invoked_subcommand is not None:
@@ -168,6 +180,7 @@ def eval_compare(
             out_dir=out_dir,
             queries_per_batch=queries_per_batch,
             progress=progress,
+            fuse=fuse,
         )
     except PlanError as exc:
         fail(f"error: plan cannot run on {model}: {exc}", 2, exc)
@@ -295,3 +308,8 @@ def eval_long(
     typer.echo(_describe_setup(evaluation, reranker, dtype))
     typer.echo(format_readings(report, candidate_lengths(reranker, evaluation), truncate_tokens))
     typer.echo(f"runs written to {out_dir}")
+
+
+app.command("record")(replay.record_command)
+app.command("replay")(replay.replay_command)
+app.command("fit-fusion")(replay.fit_fusion_command)

@@ -23,6 +23,7 @@ import torch
 from matryoshka.engine import policy
 from matryoshka.engine.cost import FlopCounter, LatencyModel
 from matryoshka.engine.exits import ExitReason
+from matryoshka.engine.fusion import check_first_stage
 from matryoshka.engine.job import EngineError, Job, JobFailedError, JobResult, Outcome, RequestCancelledError
 from matryoshka.engine.jobrun import Bucket, JobRun, Limits, StageListener
 from matryoshka.model.matryoshka_model import MatryoshkaModel
@@ -102,8 +103,12 @@ class Executor:
         depth = job.plan.depth
         if depth is None:
             raise ValueError("jobs need resolved plans (Plan.resolve)")
+        problem = check_first_stage(job.first_stage, len(pairs))
+        if problem is not None:
+            raise ValueError(f"first-stage scores: {problem}")
         query_tokens = sum(s == Segment.QUERY for s in pairs[0].segments) if pairs else 0
         run = JobRun(job, [len(p.input_ids) for p in pairs], query_tokens, listener)
+        run.fusion = self.model.fusion
         lengths = torch.tensor(run.tokens, dtype=torch.long)
         run.usage.full_flops = self.flops.full(lengths, query_tokens)
         fresh: list[int] = []

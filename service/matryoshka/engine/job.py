@@ -60,6 +60,8 @@ class Job:
     # and `pairs` are then keyed by row, and `windows` (one per row) comes with `pairs`
     chunking: Chunking | None = None
     windows: Sequence[Window] | None = None
+    # each document's first-stage score (higher = better), or None: ranked by fusion (engine/fusion.py)
+    first_stage: Sequence[float] | None = None
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Outcome:
     exit_reason: ExitReason | None  # None while still running (stage snapshots)
     tokens: int  # input tokens before any merging
     window: Window | None = None  # with chunking: the window that decided the document's score
+    fused: float | None = None  # the ranking key fused with the first stage (None: rank by probability)
 
 
 @dataclass

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from torch import Tensor
 from matryoshka.engine.aggregate import Grouping
 from matryoshka.engine.cost import Usage
 from matryoshka.engine.exits import Decisions, ExitReason, ExitSchedule
+from matryoshka.engine.fusion import fused_keys
 from matryoshka.engine.job import EngineError, Job, JobResult, Outcome, ScoredLayer
 from matryoshka.engine.replay import CacheLedger
 from matryoshka.model.state import LayerState, RowState
@@ -105,6 +106,7 @@ class JobRun:
         self.priority = math.inf  # the ordering key (engine/policy.py); lower runs first
         self.first_step: float | None = None
         self.compute_seconds = 0.0
+        self.fusion: Mapping[int, float] = {}  # per-layer fusion weights (the model's; engine/fusion.py)
 
     @property
     def count(self) -> int:
@@ -253,8 +255,8 @@ class JobRun:
         self.exit_layer[rows] = layer
 
     def stop_for_budget(self) -> None:
-        """Every running row exits BUDGET with its latest score; rows never scored keep their input
-        order (probability 0, exit layer 0)."""
+        """Every running row exits BUDGET with its latest score; rows never scored (probability 0, exit
+        layer 0) keep their first-stage place where the job has first-stage scores, else the input order."""
         unscored = torch.isnan(self.prob) & self.active
         self.prob[unscored] = 0.0
         self.logit[unscored] = -math.inf
@@ -275,7 +277,8 @@ class JobRun:
 
     def outcomes(self) -> list[Outcome]:
         """Each document's latest score, exit layer and reason (None while still running); a chunked
-        job's documents aggregate their windows' (engine/aggregate.py)."""
+        job's documents aggregate their windows' (engine/aggregate.py); with first-stage scores, each
+        document carries its fused ranking key (engine/fusion.py)."""
         rows = [
             Outcome(
                 index=i,
@@ -287,7 +290,13 @@ class JobRun:
             )
             for i in range(self.count)
         ]
-        return self.grouping.outcomes(rows) if self.grouping is not None else rows
+        documents = self.grouping.outcomes(rows) if self.grouping is not None else rows
+        first = self.job.first_stage
+        if first is None:
+            return documents
+        probabilities = [o.probability for o in documents]
+        keys = fused_keys(probabilities, [o.exit_layer for o in documents], first, self.fusion)
+        return [replace(o, fused=key) for o, key in zip(documents, keys, strict=True)]
 
     def result(self) -> JobResult | EngineError:
         """The finished job's answer, or the error that ended it."""

@@ -66,13 +66,13 @@ class RerankResult:
 def rank(
     outcomes: Sequence[Outcome], top_n: int | None = None, min_score: float | None = None
 ) -> list[Outcome]:
-    """Best first by calibrated probability (ties: lower index first), without those below
-    `min_score` (a probability), cut to `top_n`; rows not yet scored (NaN, possible in stage
-    snapshots) are left out."""
+    """Best first by the fused key where there is one (first-stage scores given), else by calibrated
+    probability (ties: lower index first), without those whose probability is below `min_score`, cut
+    to `top_n`; rows not yet scored (NaN, possible in stage snapshots) are left out."""
     floor = -math.inf if min_score is None else min_score
     ranked = sorted(
         (o for o in outcomes if not math.isnan(o.probability) and o.probability >= floor),
-        key=lambda o: (-o.probability, o.index),
+        key=lambda o: (-(o.fused if o.fused is not None else o.probability), o.index),
     )
     return ranked[:top_n] if top_n else ranked
 

@@ -71,6 +71,7 @@ def compare_readings(
             desc=reading.name,
             truncation=reading.truncation,
             chunking=reading.chunking,
+            fuse=False,  # the readings are compared on the model's own scores
         )
         if out_dir is not None:
             file = reading.name.replace("/", "-")  # "chunk-128/32-max" -> chunk-128-32-max.trec

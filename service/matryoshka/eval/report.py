@@ -95,9 +95,11 @@ def compare(
     out_dir: Path | None = None,
     queries_per_batch: int | None = None,
     progress: bool = False,
+    fuse: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate the first stage and each plan on the same top-k lists; write a TREC run per system.
-    `reranker` may be None only when there are no plans (first stage only)."""
+    `reranker` may be None only when there are no plans (first stage only); `fuse` sends the first-stage
+    scores with the documents (rerank_run)."""
     if plans and reranker is None:
         raise ValueError("plans need a reranker")
     systems = [
@@ -110,7 +112,7 @@ def compare(
     for name, plan in plans.items():
         assert reranker is not None
         resolved, result = run_plan(
-            reranker, data, plan, queries_per_batch=queries_per_batch, progress=progress, desc=name
+            reranker, data, plan, queries_per_batch=queries_per_batch, progress=progress, desc=name, fuse=fuse
         )
         systems.append(
             SystemResult(

@@ -6,7 +6,9 @@ order, cut to `max_queries`. A run file's entries are the queries it names; BM25
 judged query, and one that matches no document keeps its empty ranking (it scores 0 for every
 system). Exactly the top-k candidates (trec_eval order) are re-ranked and evaluated; nothing below
 them is appended, so the first stage is evaluated on the same top-k lists. A re-ranked document's
-score is its calibrated probability at its exit layer, the quantity the engine ranks by.
+score is the quantity the engine ranks by: with `fuse` (the default, as a client that sends its
+retriever's scores gets) the key fused with the first-stage score (engine/fusion.py), else its
+calibrated probability at its exit layer.
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ def rerank_run(
     desc: str = "re-rank",
     truncation: Truncation | None = None,
     chunking: Chunking | None = None,
+    fuse: bool = True,
 ) -> RerankedRun:
     """Re-rank the top-`top_k` candidates of each query in `query_ids` under `plan` (documents cut by
     `truncation`, default 192 tokens, or split into windows by `chunking`).
@@ -204,7 +207,8 @@ def rerank_run(
                 bar.update(1)
             if pending and (len(pending) == queries_per_batch or position == len(query_ids) - 1):
                 reading = (truncation or Truncation(), chunking)
-                _run_batch(reranker, collection, resolved, pending, run, usage, reading)
+                scores = candidates if fuse else None
+                _run_batch(reranker, collection, resolved, pending, run, usage, reading, scores)
                 bar.update(len(pending))
                 bar.set_postfix(pairs_per_s=f"{usage.pairs_per_second:.2f}", refresh=False)
                 pending = []
@@ -219,6 +223,7 @@ def run_plan(
     queries_per_batch: int | None = None,
     progress: bool = False,
     desc: str = "re-rank",
+    fuse: bool = True,
 ) -> tuple[Plan, RerankedRun]:
     """`plan` resolved for the model, and `rerank_run` of it over `data`'s candidates and queries."""
     resolved = plan.resolve(reranker.info)
@@ -232,6 +237,7 @@ def run_plan(
         queries_per_batch=queries_per_batch,
         progress=progress,
         desc=desc,
+        fuse=fuse,
     )
     return resolved, result
 
@@ -253,8 +259,10 @@ def _run_batch(
     run: Run,
     usage: RerankUsage,
     reading: tuple[Truncation, Chunking | None],
+    first_stage: Mapping[str, Mapping[str, float]] | None,
 ) -> None:
-    """Score one batch of queries with the executor and record their rankings and usage."""
+    """Score one batch of queries with the executor (documents read as `reading`, with their first-stage
+    scores if given) and record their rankings and usage."""
     truncation, chunking = reading
     jobs = [
         Job(
@@ -263,6 +271,7 @@ def _run_batch(
             plan,
             truncation,
             chunking=chunking,
+            first_stage=[first_stage[qid][d] for d in doc_ids] if first_stage is not None else None,
         )
         for qid, doc_ids in batch
     ]
@@ -272,5 +281,7 @@ def _run_batch(
     for (qid, doc_ids), answer in zip(batch, answers, strict=True):
         if isinstance(answer, EngineError):
             raise answer
-        run[qid] = {doc_ids[o.index]: o.probability for o in answer.outcomes}
+        run[qid] = {
+            doc_ids[o.index]: o.fused if o.fused is not None else o.probability for o in answer.outcomes
+        }
         usage.add(answer)

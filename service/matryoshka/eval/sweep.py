@@ -4,7 +4,9 @@ for four families of plans (L = num_layers, s = max(1, L // 6)):
 - width: full depth, the passage halved (ratio 2) after one layer l, for l = s, 2s, ... < L;
 - joint: depth d with the passage halved after max(1, d // 2) (the `light` plan's shape), d >= 2;
 - exit: full depth with a confidence exit from L // 2 on, relevant at p >= 0.99 and irrelevant at
-  p <= t for each threshold t.
+  p <= t for each threshold t;
+- lean: full depth, the passage halved after layer a and halved again after b, for (a, b) in
+  (s, 3s), (2s, 4s), (3s, 5s), and the named `lean-short` plan (engine/named_plans.py).
 Depths snap to head layers. Every point re-ranks the same top-k lists as the comparison; time saved
 is 1 - seconds / seconds(full), all measured in one process (the full plan runs first).
 """
@@ -19,7 +21,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from matryoshka.engine.named_plans import describe_plan, head_at_or_below
+from matryoshka.engine.named_plans import describe_plan, head_at_or_below, named_plan
 from matryoshka.engine.plan import ConfidenceExit, Plan
 from matryoshka.engine.reranker import Reranker
 from matryoshka.eval.metrics import evaluate
@@ -27,7 +29,7 @@ from matryoshka.eval.rerank_run import EvalInput, run_plan
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.width import WidthTarget
 
-FAMILIES = ("depth", "width", "joint", "exit")
+FAMILIES = ("depth", "width", "joint", "exit", "lean")
 DEFAULT_THRESHOLDS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 CSV_NAME = "sweep.csv"
 PNG_NAME = "sweep.png"
@@ -90,6 +92,11 @@ def sweep_points(
     for t in thresholds:
         exit_ = ConfidenceExit(relevant=relevant, irrelevant=t, min_layer=start)
         points.append(SweepPoint("exit", f"exit p<={t:g} from {start}", Plan(confidence=exit_)))
+    for a, b in ((step, 3 * step), (2 * step, 4 * step), (3 * step, 5 * step)):
+        if b < n:
+            width = {a: WidthTarget(ratio=2.0), b: WidthTarget(ratio=2.0)}
+            points.append(SweepPoint("lean", f"width /2 after {a}, /4 after {b}", Plan(width=width)))
+    points.append(SweepPoint("lean", "lean-short", named_plan("lean-short", info)))
     return points
 
 
@@ -170,7 +177,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     for ax, x_key, x_label in zip(
         axes, ("flops_saved", "time_saved"), ("FLOPs saved", "measured time saved"), strict=True
     ):
-        for family, marker in zip(FAMILIES, "osD^", strict=True):
+        for family, marker in zip(FAMILIES, "osD^v", strict=True):
             points = sorted(
                 (float(r[x_key]), float(r["ndcg@10"]))
                 for r in rows

@@ -119,6 +119,7 @@ def save_artifact(
             "version": model.calibration_version,
             "temperature": calibration.temperature.tolist(),
             "bias": calibration.bias.tolist(),
+            **({"fusion": {str(k): v for k, v in sorted(model.fusion.items())}} if model.fusion else {}),
         },
         "lora": lora.config if lora is not None else None,
         "compensation": _compensation_config(compensation),
@@ -146,6 +147,17 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"this build reads {FORMAT!r} v{FORMAT_VERSION}"
         )
     return manifest
+
+
+def set_fusion(path: Path, weights: dict[int, float], fitted_on: str) -> None:
+    """Store per-layer fusion weights (engine/fusion.py) in the calibration of the artifact at `path`."""
+    manifest = read_manifest(path)
+    unknown = sorted(set(weights) - set(manifest["head_layers"]))
+    if unknown:
+        raise ArtifactError(f"{path}: no head at layers {unknown}")
+    manifest["calibration"]["fusion"] = {str(k): weights[k] for k in sorted(weights)}
+    manifest["calibration"]["fusion_fitted_on"] = fitted_on
+    (path / MANIFEST).write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
 
 
 def load_artifact(
@@ -196,6 +208,7 @@ def load_artifact(
         compensation = Compensation(model.backbone, config)
         compensation.load_adapter_state({k: v.float() for k, v in tensors[COMPENSATION_FILE].items()})
     model.calibration_version = cal["version"]
+    model.fusion = {int(layer): float(w) for layer, w in cal.get("fusion", {}).items()}
     model.artifact_hash = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
     model.to(loaded.model.device)
     model.eval()

@@ -84,6 +84,9 @@ class MatryoshkaModel(nn.Module):
         self.backbone_sha256 = fingerprint
         self.artifact_hash: str | None = None  # set when trained heads/adapters are loaded
         self.calibration_version = calibration_version
+        # head layer -> weight of its calibrated score when fused with a first-stage score (engine/fusion.py);
+        # shipped with the calibration; a layer not listed trusts its head alone
+        self.fusion: dict[int, float] = {}
         # A checkpoint trained with its own token compression (lightweight re-rankers) merges in
         # uniform windows at the ratios it was trained for (model/width.py).
         self.uniform_width = False

@@ -16,7 +16,8 @@ from grpc_status import rpc_status
 
 from matryoshka.engine.admission import QueueFullError
 from matryoshka.engine.job import BudgetExceededError, JobFailedError, RequestCancelledError
-from matryoshka.server.translate import InvalidRequest, NonFiniteScoreError, UnknownModelError, to_duration
+from matryoshka.server.answer import NonFiniteScoreError, to_duration
+from matryoshka.server.translate import InvalidRequest, UnknownModelError
 
 log = logging.getLogger(__name__)
 

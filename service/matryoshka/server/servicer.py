@@ -17,19 +17,12 @@ from matryoshka.engine.state_cache import CachedRows
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.prompt import EncodedPair
 from matryoshka.model.window import Window
+from matryoshka.server.answer import to_answer, to_model_info, to_results
 from matryoshka.server.errors import DrainingError, NotReadyError, abort, status_code
 from matryoshka.server.metrics import Metrics
 from matryoshka.server.served import Served
 from matryoshka.server.settings import Settings
-from matryoshka.server.translate import (
-    RerankCall,
-    UnknownModelError,
-    check_windows,
-    to_answer,
-    to_call,
-    to_model_info,
-    to_results,
-)
+from matryoshka.server.translate import RerankCall, UnknownModelError, check_windows, to_call
 from matryoshka_client.proto import rerank_service_pb2 as pb
 from matryoshka_client.proto import rerank_service_pb2_grpc as pb_grpc
 
@@ -190,6 +183,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             keep_states=use_cache and call.cache_mode == "read_write",
             chunking=call.chunking,
             windows=windows,
+            first_stage=call.first_stage,
         )
         future = self.served[call.model].scheduler.submit(job, on_stage)
         try:

@@ -1,5 +1,5 @@
-"""Wire <-> engine, both directions: a RerankRequest is validated into a call the engine runs, and the
-engine's outcomes, usage and model info become response messages (the servicer only orchestrates).
+"""Wire -> engine: a RerankRequest is validated into a call the engine runs (server/answer.py maps the
+engine's answers back; the servicer only orchestrates).
 
 Every request violation names the request's own proto field path (e.g. `early_exit.confidence.relevant`,
 `width[1].ratio`, `documents[3].text`), all of them at once.
@@ -13,25 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from google.protobuf.duration_pb2 import Duration
-
-from matryoshka.engine.exits import ExitReason
-from matryoshka.engine.job import JobResult, Outcome
 from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, FieldViolation, Plan, PlanError
-from matryoshka.engine.reranker import ScoreType, rank
+from matryoshka.engine.reranker import ScoreType
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.prompt import Truncation
 from matryoshka.model.width import WidthTarget
 from matryoshka.model.window import Aggregate, Chunking, Window
 from matryoshka.server.settings import Settings
 from matryoshka_client.proto import rerank_service_pb2 as pb
-
-
-def to_duration(seconds: float) -> Duration:
-    """Seconds (negative clamps to 0) as a google.protobuf.Duration."""
-    d = Duration()
-    d.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
-    return d
 
 
 class InvalidRequest(ValueError):  # noqa: N818 - the gRPC status it maps to is INVALID_ARGUMENT
@@ -47,14 +36,6 @@ class UnknownModelError(LookupError):
 
     def __init__(self, name: str, served: list[str]) -> None:
         super().__init__(f"unknown model {name!r}; served: {served}")
-
-
-class NonFiniteScoreError(ArithmeticError):
-    """The model produced NaN scores: an error, never a silently dropped document."""
-
-    def __init__(self, indexes: list[int]) -> None:
-        shown = ", ".join(map(str, indexes[:20])) + (", ..." if len(indexes) > 20 else "")
-        super().__init__(f"the model produced a NaN score for {len(indexes)} document(s): [{shown}]")
 
 
 def check_model(name: str, models: dict[str, ModelInfo]) -> ModelInfo:
@@ -90,6 +71,7 @@ class RerankCall:
     cache_mode: CacheMode = "read_write"
     chunking: Chunking | None = None
     min_score: float | None = None  # a calibrated probability
+    first_stage: list[float] | None = None  # documents[i].first_stage_score, on all documents or none
 
 
 def to_call(
@@ -128,6 +110,7 @@ def to_call(
     min_score = req.min_score if req.HasField("min_score") else None
     if min_score is not None and not 0.0 <= min_score <= 1.0:  # NaN fails too
         add(FieldViolation("min_score", f"must be a probability within [0, 1], got {min_score}"))
+    first_stage = _first_stage(req, add)
     if v:
         raise InvalidRequest(v)
     plan = Plan(depth=req.depth or None, width=width, confidence=confidence, cascade=cascade, budget=budget)
@@ -149,6 +132,7 @@ def to_call(
         cache_mode=CACHE_MODES.get(req.cache_mode, "read_write"),
         chunking=chunking,
         min_score=min_score,
+        first_stage=first_stage,
     )
 
 
@@ -167,6 +151,23 @@ def check_windows(windows: list[Window], settings: Settings) -> None:
 
 
 Add = Callable[[FieldViolation], None]
+
+
+def _first_stage(req: pb.RerankRequest, add: Add) -> list[float] | None:
+    """documents[i].first_stage_score: finite, and on every document or on none."""
+    given = [d.HasField("first_stage_score") for d in req.documents]
+    if not any(given):
+        return None
+    if not all(given):
+        missing = [i for i, ok in enumerate(given) if not ok]
+        for i in missing[:10]:
+            add(FieldViolation(f"documents[{i}].first_stage_score", "set it on every document or on none"))
+        return None
+    scores = [d.first_stage_score for d in req.documents]
+    for i, score in enumerate(scores):
+        if not math.isfinite(score):
+            add(FieldViolation(f"documents[{i}].first_stage_score", f"must be finite, got {score}"))
+    return scores
 
 
 def _check_enums(req: pb.RerankRequest, add: Add) -> None:
@@ -289,104 +290,3 @@ def _wire_field(v: FieldViolation, req: pb.RerankRequest) -> FieldViolation:
         index = next((i for i, s in enumerate(req.width) if s.layer == layer), layer)
         name = f"width[{index}]" + (f".{rest}" if rest else "")
     return FieldViolation(name, v.description)
-
-
-# -- engine -> wire -------------------------------------------------------------------------------------
-
-EXIT_REASONS = {reason: pb.ExitReason.Value(f"EXIT_REASON_{reason.name}") for reason in ExitReason}
-FAMILIES = {"decoder": pb.MODEL_FAMILY_DECODER, "encoder": pb.MODEL_FAMILY_ENCODER}
-SCORINGS = {
-    "heads": pb.SCORING_MODE_HEADS,
-    "query_likelihood": pb.SCORING_MODE_QUERY_LIKELIHOOD,
-    "cosine": pb.SCORING_MODE_COSINE,
-}
-
-
-def to_results(call: RerankCall, outcomes: list[Outcome], running_ok: bool = False) -> list[pb.RerankResult]:
-    """Outcomes ranked, without those below the call's min_score, and cut to its top_n; `running_ok`
-    allows rows still running (a stream stage, where min_score does not apply: a running candidate may
-    still rise above it)."""
-    if not running_ok:
-        nan = [o.index for o in outcomes if math.isnan(o.probability) or math.isnan(o.logit)]
-        if nan:
-            raise NonFiniteScoreError(nan)
-    out = []
-    for o in rank(outcomes, call.top_n, None if running_ok else call.min_score):
-        kwargs: dict[str, Any] = {}
-        if call.return_documents:
-            kwargs["document"] = call.documents[o.index]
-        if o.window is not None:
-            w = o.window
-            kwargs["window"] = pb.Window(index=w.index, count=w.count, start=w.start, end=w.end)
-        assert running_ok or o.exit_reason is not None
-        out.append(
-            pb.RerankResult(
-                index=o.index,
-                id=call.ids[o.index],
-                score=o.probability if call.score_type == "probability" else o.logit,
-                exit_layer=o.exit_layer,
-                exit_reason=EXIT_REASONS[o.exit_reason] if o.exit_reason else pb.EXIT_REASON_UNSPECIFIED,
-                **kwargs,
-            )
-        )
-    return out
-
-
-def to_answer(
-    call: RerankCall, result: JobResult, model: str, *, queued: float, total: float
-) -> dict[str, Any]:
-    """The fields a RerankResponse (and a final StreamRerankResponse) carries for a finished job."""
-    usage = result.usage
-    return {
-        "results": to_results(call, result.outcomes),
-        "usage": pb.Usage(
-            layer_tokens=usage.layer_tokens,
-            flops=usage.flops,
-            full_flops=usage.full_flops,
-            flops_saved=usage.flops_saved,
-            cached_flops=usage.cached_flops,
-            cache_hits=usage.cache_hits,
-            cache_resumed=usage.cache_resumed,
-            rows=usage.rows,
-        ),
-        "timing": pb.Timing(
-            queue=to_duration(queued), compute=to_duration(result.compute_seconds), total=to_duration(total)
-        ),
-        "partial": result.partial,
-        "model": model,
-        "request_id": call.request_id,
-    }
-
-
-def to_model_info(
-    info: ModelInfo, settings: Settings, dtype: str = "", *, is_default: bool = True
-) -> pb.ModelInfo:
-    """A served model as GetModelInfo describes it: shape, exit layers, scoring, dtype and the limits."""
-    s = settings
-    return pb.ModelInfo(
-        name=info.name,
-        family=FAMILIES[info.family],
-        num_layers=info.num_layers,
-        hidden_size=info.hidden_size,
-        head_layers=list(info.head_layers),
-        scoring=SCORINGS[info.scoring],
-        merge_ratios=list(info.merge_ratios),
-        limits=pb.ModelLimits(
-            max_documents=s.max_documents,
-            max_request_bytes=s.max_request_bytes,
-            max_query_tokens=s.max_query_tokens,
-            max_document_tokens=s.max_document_tokens,
-            max_windows_per_document=s.max_windows_per_document,
-            max_windows_per_request=s.max_windows_per_request,
-        ),
-        default_truncation=pb.Truncation(
-            max_query_tokens=s.max_query_tokens,
-            max_document_tokens=s.default_document_tokens,
-            side=pb.TRUNCATION_SIDE_END,
-        ),
-        calibration_version=info.calibration_version,
-        fingerprint=info.fingerprint,
-        template_version=info.template_version,
-        is_default=is_default,
-        dtype=dtype,
-    )

@@ -1,0 +1,111 @@
+"""documents[i].first_stage_score over a real in-process gRPC server (tiny random model: the checks are
+about the wire and the order, which a real model adds nothing to): validated with field paths, carried
+into the engine, and a budget-cut answer follows it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from transformers import PreTrainedTokenizerFast
+
+from matryoshka.engine.plan import Budget, Plan
+from matryoshka.engine.reranker import Reranker
+from matryoshka.model.matryoshka_model import MatryoshkaModel
+from matryoshka.server.settings import Settings
+from matryoshka.server.translate import to_call
+from matryoshka_client.proto import rerank_service_pb2 as pb
+from tests.conftest import PASSAGES, tiny_llama
+from tests.unit.inprocess import serving
+
+NAME = "tiny-llama"
+QUERY = "what is the capital of france"
+SERVICE = "/matryoshka.v1.RerankService/Rerank"
+FIRST = [3.0, 7.0, 1.0, 9.0, 5.0, 2.0, 8.0, 4.0, 6.0, 0.0][: len(PASSAGES)]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer: PreTrainedTokenizerFast) -> MatryoshkaModel:
+    return MatryoshkaModel.from_hf(NAME, tiny_llama(), tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def channel(model: MatryoshkaModel) -> Iterator[grpc.Channel]:
+    with (
+        serving(Settings(port=0), Reranker(model)) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as chan,
+    ):
+        yield chan
+
+
+def request(scores: list[float | None], **fields: object) -> pb.RerankRequest:
+    docs = [
+        pb.Document(text=p) if s is None else pb.Document(text=p, first_stage_score=s)
+        for p, s in zip(PASSAGES, scores, strict=True)
+    ]
+    return pb.RerankRequest(query=QUERY, documents=docs, **fields)  # type: ignore[arg-type]
+
+
+def rerank(channel: grpc.Channel, req: pb.RerankRequest) -> pb.RerankResponse:
+    raw = channel.unary_unary(SERVICE)(req.SerializeToString(), timeout=60)
+    return pb.RerankResponse.FromString(raw)
+
+
+def violations(channel: grpc.Channel, req: pb.RerankRequest) -> dict[str, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        rerank(channel, req)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in status.details)
+    return {v.field: v.description for v in bad.field_violations}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_score_that_is_not_finite_names_its_document(channel: grpc.Channel, bad: float) -> None:
+    scores: list[float | None] = list(FIRST)
+    scores[2] = bad
+    found = violations(channel, request(scores))
+    assert list(found) == ["documents[2].first_stage_score"]
+    assert "finite" in found["documents[2].first_stage_score"]
+
+
+def test_scores_on_some_documents_only_are_refused(channel: grpc.Channel) -> None:
+    scores: list[float | None] = list(FIRST)
+    scores[1] = scores[4] = None
+    found = violations(channel, request(scores))
+    assert set(found) == {"documents[1].first_stage_score", "documents[4].first_stage_score"}
+    assert all("every document or on none" in d for d in found.values())
+
+
+def test_a_budget_cut_answer_follows_the_first_stage(channel: grpc.Channel) -> None:
+    tiny = pb.Budget(max_flops=1.0)  # smaller than any layer: no head is reached
+    answer = rerank(channel, request(list(FIRST), budget=tiny, depth=4))
+    assert answer.partial
+    assert all(r.exit_layer == 0 and r.exit_reason == pb.EXIT_REASON_BUDGET for r in answer.results)
+    assert [r.index for r in answer.results] == sorted(range(len(FIRST)), key=lambda i: -FIRST[i])
+    plain = rerank(channel, request([None] * len(FIRST), budget=tiny, depth=4))
+    assert [r.index for r in plain.results] == list(range(len(FIRST)))  # no scores: the input order
+
+
+def test_scores_are_accepted_and_every_document_answered(channel: grpc.Channel) -> None:
+    answer = rerank(channel, request(list(FIRST)))
+    assert sorted(r.index for r in answer.results) == list(range(len(FIRST)))
+    assert not answer.partial
+
+
+def test_a_budget_only_request_keeps_the_full_plan_and_carries_the_scores(model: MatryoshkaModel) -> None:
+    """The lean family did not keep quality on held-out data (docs/results.md): no default change."""
+    call = to_call(
+        request(list(FIRST), budget=pb.Budget(max_flops=1e15)), {NAME: model.info}, NAME, Settings()
+    )
+    assert call.plan == Plan(budget=Budget(max_flops=1e15)).resolve(model.info)
+    assert call.first_stage == FIRST
+    unscored = to_call(request([None] * len(FIRST)), {NAME: model.info}, NAME, Settings())
+    assert unscored.first_stage is None
