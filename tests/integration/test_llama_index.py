@@ -85,7 +85,11 @@ def test_sync_and_async_give_the_same_ranking(default_server: ServerProcess) -> 
 def test_top_n_scores_and_metadata(default_server: ServerProcess) -> None:
     """Computed (the cache bypassed): other tests on this server send the same documents."""
     reranker = MatryoshkaPostprocessor(
-        target=default_server.target, top_n=2, keep_retrieval_score=True, cache_mode="bypass"
+        target=default_server.target,
+        top_n=2,
+        keep_retrieval_score=True,
+        cache_mode="bypass",
+        send_retrieval_scores=False,  # as the direct call below: no first-stage scores
     )
     nodes = retrieved()
     ranked = reranker.postprocess_nodes(nodes, QUERY)
