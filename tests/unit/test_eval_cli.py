@@ -165,3 +165,33 @@ def test_sweep_writes_csv_and_png(eval_collection: Path, tmp_path: Path, loaded:
     assert [r["exit_irrelevant"] for r in rows[-3:]] == ["0.1", "0.5", "0.9"]
     assert (out / "sweep.png").stat().st_size > 10_000
     assert f"wrote {out / 'sweep.csv'}" in stdout
+
+
+def test_eval_long_compares_truncation_with_chunked_readings(
+    eval_collection: Path, tmp_path: Path, loaded: list
+) -> None:
+    out = tmp_path / "long"
+    args = ["eval", "long", "--data", eval_collection, "--top-k", "3", "--truncate-tokens", "3"]
+    code, stdout, stderr = invoke(
+        *args, "--chunk-tokens", "3", "--chunk-overlap", "1", "--out", out, "--json"
+    )
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert list(report) == ["first_stage", "truncate-3", "chunk-3/1-max", "chunk-3/1-first"]
+    cut, windows, first = report["truncate-3"], report["chunk-3/1-max"], report["chunk-3/1-first"]
+    assert cut["rows_per_query"] == first["rows_per_query"] > 0  # one row a candidate
+    assert cut["pairs"] == first["pairs"] == windows["pairs"]
+    assert windows["rows_per_query"] > cut["rows_per_query"]  # texts of 5-8 tokens: 2-3 windows each
+    assert windows["gflops_per_query"] > cut["gflops_per_query"]
+    assert {p.name for p in out.iterdir()} == {
+        "truncate-3.trec",
+        "chunk-3-1-max.trec",
+        "chunk-3-1-first.trec",
+    }
+    code, stdout, _ = invoke(*args, "--aggregates", "mean", "--out", out)
+    assert code == 0
+    assert "chunk-128/32-mean" in stdout
+    assert "longer than 3" in stdout
+    code, _, stderr = invoke(*args, "--aggregates", "maxp")
+    assert code != 0
+    assert "max, first or mean" in stderr

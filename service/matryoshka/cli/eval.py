@@ -238,3 +238,60 @@ def eval_sweep(
         )
         typer.echo(f"{row['family']:<11} nDCG@10 {row['ndcg@10']:.4f}{saved}  {row['label']}")
     typer.echo(f"wrote {out_dir / CSV_NAME} and {out_dir / PNG_NAME}")
+
+
+@app.command("long")
+def eval_long(
+    data: Annotated[Path, typer.Option(help="BEIR-format collection folder.")],
+    split: SplitOpt = "test",
+    first_stage: FirstStageOpt = "bm25",
+    top_k: TopKOpt = 20,
+    max_queries: MaxQueriesOpt = None,
+    truncate_tokens: Annotated[
+        int, typer.Option(min=1, help="The truncation reading: document tokens kept.")
+    ] = 192,
+    chunk_tokens: Annotated[int, typer.Option(min=1, help="Chunked readings: tokens per window.")] = 128,
+    chunk_overlap: Annotated[int, typer.Option(min=0, help="Chunked readings: tokens windows share.")] = 32,
+    aggregates: Annotated[
+        str, typer.Option(help="Comma list of chunked readings to run: max, first, mean.")
+    ] = "max,first",
+    model: ModelOpt = None,
+    dtype: DtypeOpt = "bfloat16",
+    artifact: ArtifactOpt = None,
+    relevance_level: RelevanceOpt = None,
+    out: OutOpt = None,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Long documents: truncation vs chunking (windows aggregated by max/first/mean) at full depth on
+    the same top-k lists; nDCG@10 beside rows, FLOPs and seconds per query; a TREC run each."""
+    from matryoshka.engine.plan import Plan
+    from matryoshka.eval.long_documents import Reading, candidate_lengths, compare_readings, format_readings
+    from matryoshka.model.prompt import Truncation
+    from matryoshka.model.window import Chunking
+
+    chosen = [a.strip() for a in aggregates.split(",") if a.strip()]
+    if any(a not in ("max", "first", "mean") for a in chosen):
+        raise typer.BadParameter(f"use max, first or mean, got {aggregates!r}", param_hint="--aggregates")
+    if chunk_overlap >= chunk_tokens:
+        raise typer.BadParameter("must be below --chunk-tokens", param_hint="--chunk-overlap")
+    evaluation = _eval_input(data, split, first_stage, top_k, max_queries, relevance_level)
+    reranker = load_reranker(backbone(model), dtype, None, artifact)
+    readings = [Reading(f"truncate-{truncate_tokens}", Truncation(max_passage_tokens=truncate_tokens))]
+    readings += [
+        Reading(
+            f"chunk-{chunk_tokens}/{chunk_overlap}-{a}",
+            Truncation(),
+            Chunking(chunk_tokens, chunk_overlap, a),  # type: ignore[arg-type]
+        )
+        for a in chosen
+    ]
+    out_dir = out or Path("out") / "eval-long" / f"{evaluation.collection.name}-{split}"
+    reranker.warmup()
+    report = compare_readings(reranker, evaluation, Plan(), readings, out_dir=out_dir, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(_describe_setup(evaluation, reranker, dtype))
+    typer.echo(format_readings(report, candidate_lengths(reranker, evaluation), truncate_tokens))
+    typer.echo(f"runs written to {out_dir}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 import typer
 
@@ -12,6 +12,8 @@ from matryoshka.cli.common import backbone, fail, parse_width
 
 if TYPE_CHECKING:
     from matryoshka.engine.plan import WidthTarget
+
+Aggregate = Literal["max", "first", "mean"]
 
 
 def rerank(
@@ -29,15 +31,26 @@ def rerank(
     ] = 0.0,
     artifact: Annotated[str | None, typer.Option(help="In process: trained artifact dir.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
+    chunk_tokens: Annotated[
+        int, typer.Option(help="Split documents into windows of this many tokens (0 = truncate instead).")
+    ] = 0,
+    chunk_overlap: Annotated[int, typer.Option(help="Tokens a window shares with the one before.")] = 0,
+    aggregate: Annotated[
+        Aggregate, typer.Option(help="A chunked document's score: its best window, its first, or the mean.")
+    ] = "max",
+    min_score: Annotated[
+        float | None, typer.Option(help="Drop results below this calibrated probability (0..1).")
+    ] = None,
 ) -> None:
     """Re-rank DOCUMENTS for QUERY, in process or through a server (--target), and print the ranking."""
     steps = parse_width(width or [])
     if target and wait_ready > 0:
         _wait_serving(target, wait_ready)
+    options = Options(depth, steps, top_n, (chunk_tokens, chunk_overlap, aggregate), min_score)
     payload = (
-        _rerank_remote(target, query, documents, model, depth, steps, top_n, timeout)
+        _rerank_remote(target, query, documents, model, options, timeout)
         if target
-        else _rerank_local(query, documents, backbone(model), depth, steps, top_n, dtype, artifact)
+        else _rerank_local(query, documents, backbone(model), options, dtype, artifact)
     )
     if as_json:
         typer.echo(json.dumps(payload, indent=2, default=str))
@@ -45,28 +58,53 @@ def rerank(
     for rank, doc in enumerate(payload["results"], 1):
         typer.echo(
             f"{rank:>3}. [{doc['index']}] {doc['score']:.4f} layer {doc['exit_layer']} ({doc['exit_reason']})"
-            f" {doc['document']}"
+            f"{_window(doc.get('window'))} {doc['document']}"
         )
     typer.echo(f"FLOPs saved {payload['usage']['flops_saved']:.1%}")
 
 
+class Options(NamedTuple):
+    """What the request asks besides query and documents."""
+
+    depth: int | None
+    steps: dict[int, WidthTarget]
+    top_n: int
+    chunking: tuple[int, int, Aggregate]  # window tokens (0 = no chunking), overlap, aggregate
+    min_score: float | None
+
+
+def _window(window: dict[str, int] | None) -> str:
+    if not window:
+        return ""
+    return f" window {window['index'] + 1}/{window['count']} [{window['start']}:{window['end']})"
+
+
 def _rerank_local(
-    query: str,
-    documents: list[str],
-    model: str,
-    depth: int | None,
-    steps: dict[int, WidthTarget],
-    top_n: int,
-    dtype: str,
-    artifact: str | None,
+    query: str, documents: list[str], model: str, o: Options, dtype: str, artifact: str | None
 ) -> dict[str, Any]:
     from matryoshka.engine.plan import Plan, PlanError
     from matryoshka.engine.reranker import Reranker
+    from matryoshka.model.window import Chunking
 
+    tokens, overlap, aggregate = o.chunking
+    try:
+        chunking = Chunking(tokens, overlap, aggregate) if tokens else None
+    except ValueError as exc:
+        fail(f"INVALID_ARGUMENT chunking: {exc}", 2, exc)
+    if o.min_score is not None and not 0.0 <= o.min_score <= 1.0:
+        fail(f"INVALID_ARGUMENT min_score: must be within [0, 1], got {o.min_score}", 2)
     reranker = Reranker.load(model, dtype=dtype, artifact=artifact)
     try:
-        plan = Plan(depth=depth, width=steps)
-        result = reranker.rerank(query, documents, plan, top_n=top_n or None, return_documents=True)
+        plan = Plan(depth=o.depth, width=o.steps)
+        result = reranker.rerank(
+            query,
+            documents,
+            plan,
+            top_n=o.top_n or None,
+            return_documents=True,
+            chunking=chunking,
+            min_score=o.min_score,
+        )
     except PlanError as exc:
         fail("\n".join(f"INVALID_ARGUMENT {v.field}: {v.description}" for v in exc.violations), 2, exc)
     payload = asdict(result)
@@ -75,30 +113,44 @@ def _rerank_local(
 
 
 def _rerank_remote(
-    target: str,
-    query: str,
-    documents: list[str],
-    model: str,
-    depth: int | None,
-    steps: dict[int, WidthTarget],
-    top_n: int,
-    timeout: float | None,
+    target: str, query: str, documents: list[str], model: str, o: Options, timeout: float | None
 ) -> dict[str, Any]:
-    from matryoshka_client import RerankClient, RerankError, WidthStep
+    """The request the Python client builds, plus chunking and min_score, sent on a plain channel."""
+    import grpc
 
-    width = [WidthStep(layer, ratio=t.ratio, length=t.length) for layer, t in sorted(steps.items())]
+    from matryoshka_client import RerankError, WidthStep
+    from matryoshka_client.convert import build_request, to_result
+    from matryoshka_client.proto import rerank_service_pb2 as pb
+    from matryoshka_client.proto import rerank_service_pb2_grpc as pb_grpc
+
+    width = [WidthStep(layer, ratio=t.ratio, length=t.length) for layer, t in sorted(o.steps.items())]
+    request = build_request(
+        query, documents, model=model, depth=o.depth, width=width, top_n=o.top_n, return_documents=True
+    )
+    tokens, overlap, aggregate = o.chunking
+    if tokens:
+        kind = pb.Aggregate.Value(f"AGGREGATE_{aggregate.upper()}")
+        request.chunking.CopyFrom(pb.Chunking(window_tokens=tokens, overlap_tokens=overlap, aggregate=kind))
+    if o.min_score is not None:
+        request.min_score = o.min_score
     try:
-        with RerankClient(target, timeout=timeout) as client:
-            result = client.rerank(
-                query, documents, model=model, depth=depth, width=width, top_n=top_n, return_documents=True
-            )
-    except RerankError as exc:
+        with grpc.insecure_channel(target) as channel:
+            response = pb_grpc.RerankServiceStub(channel).Rerank(request, timeout=timeout)
+    except grpc.RpcError as rpc_error:
+        exc = RerankError.from_rpc_error(rpc_error)
         lines = [
             f"{exc.code.name}: {exc.message}",
             *(f"  {v.field}: {v.description}" for v in exc.field_violations),
         ]
         fail("\n".join(lines), 1, exc)
-    return asdict(result)
+    payload = asdict(to_result(response))
+    payload["usage"]["rows"] = response.usage.rows  # fields the Python client does not map (yet)
+    for doc, sent in zip(payload["results"], response.results, strict=True):
+        w = sent.window
+        doc["window"] = (
+            dict(index=w.index, count=w.count, start=w.start, end=w.end) if sent.HasField("window") else None
+        )
+    return payload
 
 
 def _wait_serving(target: str, seconds: float) -> None:

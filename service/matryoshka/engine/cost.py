@@ -56,8 +56,9 @@ class Usage:
     flops: float = 0.0
     full_flops: float = 0.0
     cached_flops: float = 0.0  # FLOPs earlier requests spent on the cached layers reused here
-    cache_hits: int = 0  # documents answered from cached scores, no compute
-    cache_resumed: int = 0  # documents resumed from a cached layer state
+    cache_hits: int = 0  # rows (documents, or windows when chunked) answered from cached scores
+    cache_resumed: int = 0  # rows resumed from a cached layer state
+    rows: int = 0  # rows the engine scored: documents, or windows when chunked
 
     @property
     def flops_saved(self) -> float:
@@ -74,6 +75,7 @@ class Usage:
         self.cached_flops += other.cached_flops
         self.cache_hits += other.cache_hits
         self.cache_resumed += other.cache_resumed
+        self.rows += other.rows
 
 
 class LatencyModel:

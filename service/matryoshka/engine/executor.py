@@ -63,9 +63,14 @@ class Executor:
 
     def encode(self, job: Job) -> list[EncodedPair]:
         """Tokenise a job's pairs (done once; admission counts these tokens): the job's own when the
-        cache already tokenised them."""
+        cache already tokenised them; a chunked job's windows are set on it with them."""
         if job.pairs is not None:
             return list(job.pairs)
+        if job.chunking is not None:
+            pairs, job.windows = self.model.encode_windows(
+                job.query, list(job.documents), job.truncation, job.chunking
+            )
+            return pairs
         return self.model.encode(job.query, list(job.documents), job.truncation)
 
     def run(
@@ -280,7 +285,7 @@ class Executor:
             device = self.model.backbone.device
             run.replayed(cached, layer, scorer.calibration.probability(layer, logits.to(device)))
         run.scored_through = layer
-        run.exit(run.schedule.decide(layer, run.prob, run.active), layer)
+        run.exit(run.decide(layer), layer)
         if run.schedule.budget is not None and not run.done and not self._next_head_fits(run, 0.0):
             self._stop_for_budget(run)
         if run.listener is not None:

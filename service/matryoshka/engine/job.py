@@ -13,6 +13,7 @@ from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.plan import Plan
 from matryoshka.model.prompt import EncodedPair, Truncation
 from matryoshka.model.state import RowState
+from matryoshka.model.window import Chunking, Window
 
 
 class EngineError(Exception):
@@ -55,11 +56,15 @@ class Job:
     # document index -> layer -> cached score: replayed to the exit policy instead of scoring; a
     # document with a cached score at the depth and no `resume` state needs no compute at all
     cached_scores: Mapping[int, Mapping[int, ScoredLayer]] = field(default_factory=dict)
+    # with chunking, rows are windows of the documents (model/window.py); `resume`, `cached_scores`
+    # and `pairs` are then keyed by row, and `windows` (one per row) comes with `pairs`
+    chunking: Chunking | None = None
+    windows: Sequence[Window] | None = None
 
 
 @dataclass
 class Outcome:
-    """One document's result: scores at its exit layer and why it exited there."""
+    """One document's (or row's) result: scores at its exit layer and why it exited there."""
 
     index: int
     logit: float
@@ -67,6 +72,7 @@ class Outcome:
     exit_layer: int
     exit_reason: ExitReason | None  # None while still running (stage snapshots)
     tokens: int  # input tokens before any merging
+    window: Window | None = None  # with chunking: the window that decided the document's score
 
 
 @dataclass

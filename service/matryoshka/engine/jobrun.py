@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from matryoshka.engine.aggregate import Grouping
 from matryoshka.engine.cost import Usage
-from matryoshka.engine.exits import ExitReason, ExitSchedule
+from matryoshka.engine.exits import Decisions, ExitReason, ExitSchedule
 from matryoshka.engine.job import EngineError, Job, JobResult, Outcome, ScoredLayer
 from matryoshka.engine.replay import CacheLedger
 from matryoshka.model.state import LayerState, RowState
@@ -82,7 +83,10 @@ class JobRun:
         self.query_tokens = query_tokens
         self.listener = listener
         self.schedule = ExitSchedule(job.plan, job.deadline, started=job.arrived)
-        self.usage = Usage()
+        self.grouping: Grouping | None = None
+        if job.chunking is not None and job.windows is not None:
+            self.grouping = Grouping(job.windows, len(job.documents), job.chunking.aggregate)
+        self.usage = Usage(rows=n)
         self.logit = torch.full((n,), math.nan, dtype=torch.float64)
         self.prob = torch.full((n,), math.nan, dtype=torch.float64)
         self.exit_layer = torch.zeros(n, dtype=torch.long)
@@ -104,7 +108,7 @@ class JobRun:
 
     @property
     def count(self) -> int:
-        """Documents in the job."""
+        """Rows in the job: documents, or windows when it is chunked."""
         return len(self.tokens)
 
     @property
@@ -200,6 +204,12 @@ class JobRun:
                 return b.state.row(int(hit[0]))
         return None
 
+    def decide(self, layer: int) -> Decisions:
+        """The exit schedule's decisions on the rows at `layer` (on documents when chunked)."""
+        if self.grouping is not None:
+            return self.grouping.decide(self.schedule, layer, self.prob, self.active)
+        return self.schedule.decide(layer, self.prob, self.active)
+
     def exit(self, decisions: dict[int, ExitReason], layer: int | None = None) -> None:
         """Rows leave with their reasons; a decision at `layer` resting on a cached score is a
         CACHE_HIT (no compute). Others hand back their state and scores if the job asked."""
@@ -264,8 +274,9 @@ class JobRun:
     # -- answers --------------------------------------------------------------------------------
 
     def outcomes(self) -> list[Outcome]:
-        """Each document's latest score, exit layer and reason (None while still running)."""
-        return [
+        """Each document's latest score, exit layer and reason (None while still running); a chunked
+        job's documents aggregate their windows' (engine/aggregate.py)."""
+        rows = [
             Outcome(
                 index=i,
                 logit=float(self.logit[i]),
@@ -276,6 +287,7 @@ class JobRun:
             )
             for i in range(self.count)
         ]
+        return self.grouping.outcomes(rows) if self.grouping is not None else rows
 
     def result(self) -> JobResult | EngineError:
         """The finished job's answer, or the error that ended it."""

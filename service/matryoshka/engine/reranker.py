@@ -27,6 +27,7 @@ from matryoshka.model.loading import BACKBONES, load_backbone
 from matryoshka.model.loading import DEFAULT_BACKBONE as DEFAULT_BACKBONE  # re-exported for callers
 from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo, Scoring
 from matryoshka.model.prompt import Truncation
+from matryoshka.model.window import Chunking, Window
 
 ScoreType = Literal["probability", "logit"]
 
@@ -40,6 +41,7 @@ class RankedDocument:
     exit_layer: int
     exit_reason: ExitReason
     document: str | None = None
+    window: Window | None = None  # with chunking: the window that decided the score
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,16 @@ class RerankResult:
     model: str
 
 
-def rank(outcomes: Sequence[Outcome], top_n: int | None = None) -> list[Outcome]:
-    """Best first by calibrated probability (ties: lower index first), cut to `top_n`; rows not yet
-    scored (NaN, possible in stage snapshots) are left out."""
+def rank(
+    outcomes: Sequence[Outcome], top_n: int | None = None, min_score: float | None = None
+) -> list[Outcome]:
+    """Best first by calibrated probability (ties: lower index first), without those below
+    `min_score` (a probability), cut to `top_n`; rows not yet scored (NaN, possible in stage
+    snapshots) are left out."""
+    floor = -math.inf if min_score is None else min_score
     ranked = sorted(
-        (o for o in outcomes if not math.isnan(o.probability)), key=lambda o: (-o.probability, o.index)
+        (o for o in outcomes if not math.isnan(o.probability) and o.probability >= floor),
+        key=lambda o: (-o.probability, o.index),
     )
     return ranked[:top_n] if top_n else ranked
 
@@ -182,17 +189,20 @@ class Reranker:
         truncation: Truncation | None = None,
         return_documents: bool = False,
         use_cache: bool = True,
+        chunking: Chunking | None = None,
+        min_score: float | None = None,
     ) -> RerankResult:
         """Score `documents` against `query` under `plan` (default: full depth, full width);
-        `use_cache=False` neither reads nor writes the cache."""
+        `use_cache=False` neither reads nor writes the cache. With `chunking`, long documents are
+        split into windows (model/window.py); `min_score` drops results below that probability."""
         start = time.perf_counter()
         if not query.strip():
             raise ValueError("query must not be empty")
         resolved = (plan or Plan()).resolve(self.info)
-        job = Job(query, list(documents), resolved, truncation or Truncation())
+        job = Job(query, list(documents), resolved, truncation or Truncation(), chunking=chunking)
         cache = self.cache if use_cache else None
         if cache is not None:
-            job.pairs = self.model.encode(query, list(documents), job.truncation)
+            job.pairs = self.executor.encode(job)
             cached = cache.lookup(job.pairs, resolved)
             job.resume, job.cached_scores, job.keep_states = cached.states, cached.scores, True
         (answer,) = self.executor.run([job])
@@ -200,7 +210,7 @@ class Reranker:
             raise answer
         if cache is not None and job.pairs is not None:
             cache.write_back(job.pairs, resolved, answer)
-        return self.present(answer, documents, top_n, score_type, return_documents, start)
+        return self.present(answer, documents, top_n, score_type, return_documents, start, min_score)
 
     def present(
         self,
@@ -210,11 +220,11 @@ class Reranker:
         score_type: ScoreType,
         return_documents: bool,
         start: float,
+        min_score: float | None = None,
     ) -> RerankResult:
         """Turn executor outcomes into a sorted result."""
-        results = [
-            self._ranked(o, documents, score_type, return_documents) for o in rank(answer.outcomes, top_n)
-        ]
+        ranked = rank(answer.outcomes, top_n, min_score)
+        results = [self._ranked(o, documents, score_type, return_documents) for o in ranked]
         return RerankResult(
             results=results,
             usage=answer.usage,
@@ -234,4 +244,5 @@ class Reranker:
             exit_layer=o.exit_layer,
             exit_reason=o.exit_reason,
             document=documents[o.index] if with_doc else None,
+            window=o.window,
         )

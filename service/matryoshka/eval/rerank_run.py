@@ -35,6 +35,8 @@ from matryoshka.data.first_stage import first_stage
 from matryoshka.engine.job import EngineError, Job, JobResult
 from matryoshka.engine.plan import Plan
 from matryoshka.engine.reranker import Reranker
+from matryoshka.model.prompt import Truncation
+from matryoshka.model.window import Chunking
 
 # Batching queries pays only when a call holds several of the executor's buckets: rows are sorted by
 # length before they are cut into buckets of at most max_batch_rows, so many rows make buckets of
@@ -118,6 +120,7 @@ class RerankUsage:
 
     queries: int = 0
     pairs: int = 0
+    rows: int = 0  # rows the engine scored: the pairs, or their windows when chunked
     flops: float = 0.0
     full_flops: float = 0.0
     seconds: float = 0.0
@@ -143,6 +146,7 @@ class RerankUsage:
         """Fold in one query's executor result (not its time: batches are timed as a whole)."""
         self.queries += 1
         self.pairs += len(result.outcomes)
+        self.rows += result.usage.rows
         self.flops += result.usage.flops
         self.full_flops += result.usage.full_flops
         for outcome in result.outcomes:
@@ -169,8 +173,11 @@ def rerank_run(
     queries_per_batch: int | None = None,
     progress: bool = False,
     desc: str = "re-rank",
+    truncation: Truncation | None = None,
+    chunking: Chunking | None = None,
 ) -> RerankedRun:
-    """Re-rank the top-`top_k` candidates of each query in `query_ids` under `plan`.
+    """Re-rank the top-`top_k` candidates of each query in `query_ids` under `plan` (documents cut by
+    `truncation`, default 192 tokens, or split into windows by `chunking`).
 
     Queries go to the executor `queries_per_batch` at a time (their rows share length buckets; None
     picks `auto_queries_per_batch`). A query without candidates gets an empty ranking and costs
@@ -196,7 +203,8 @@ def rerank_run(
                 usage.queries += 1
                 bar.update(1)
             if pending and (len(pending) == queries_per_batch or position == len(query_ids) - 1):
-                _run_batch(reranker, collection, resolved, pending, run, usage)
+                reading = (truncation or Truncation(), chunking)
+                _run_batch(reranker, collection, resolved, pending, run, usage, reading)
                 bar.update(len(pending))
                 bar.set_postfix(pairs_per_s=f"{usage.pairs_per_second:.2f}", refresh=False)
                 pending = []
@@ -244,10 +252,18 @@ def _run_batch(
     batch: list[tuple[str, list[str]]],
     run: Run,
     usage: RerankUsage,
+    reading: tuple[Truncation, Chunking | None],
 ) -> None:
     """Score one batch of queries with the executor and record their rankings and usage."""
+    truncation, chunking = reading
     jobs = [
-        Job(collection.queries[qid], [document_text(collection.corpus[d]) for d in doc_ids], plan)
+        Job(
+            collection.queries[qid],
+            [document_text(collection.corpus[d]) for d in doc_ids],
+            plan,
+            truncation,
+            chunking=chunking,
+        )
         for qid, doc_ids in batch
     ]
     started = time.perf_counter()

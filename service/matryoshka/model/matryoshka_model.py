@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -23,6 +23,7 @@ from matryoshka.model.prompt import (
     Truncation,
 )
 from matryoshka.model.state import LayerState
+from matryoshka.model.window import Chunking, Window, split
 
 Scoring = Literal["heads", "query_likelihood", "cosine"]
 TemplateName = Literal["relevance", "query_likelihood", "encoder_pair", "split_pair"]
@@ -179,6 +180,16 @@ class MatryoshkaModel(nn.Module):
     def encode(self, query: str, passages: list[str], truncation: Truncation) -> list[EncodedPair]:
         """Tokenise one query against its passages with the model's template."""
         return self.template.encode(query, passages, truncation)
+
+    def encode_windows(
+        self, query: str, passages: list[str], truncation: Truncation, chunking: Chunking
+    ) -> tuple[list[EncodedPair], list[Window]]:
+        """Tokenise one query against the windows of its passages (model/window.py): one pair per
+        window, each laid out as its text would be as a passage (never cut), and the windows."""
+        windows = [w for doc in split(self.tokenizer, passages, chunking) for w in doc]
+        texts = [passages[w.document][w.start : w.end] for w in windows]
+        whole = replace(truncation, max_passage_tokens=2**31 - 1)
+        return self.template.encode(query, texts, whole), windows
 
     def embed(self, pairs: Sequence[EncodedPair]) -> LayerState:
         """Right-pad encoded pairs into a batch and run the embeddings (layer 0)."""

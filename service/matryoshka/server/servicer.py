@@ -20,12 +20,14 @@ from matryoshka.engine.scheduler import Scheduler
 from matryoshka.engine.state_cache import CachedRows
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.prompt import EncodedPair
+from matryoshka.model.window import Window
 from matryoshka.server.errors import DrainingError, NotReadyError, abort, status_code
 from matryoshka.server.metrics import Metrics
 from matryoshka.server.settings import Settings
 from matryoshka.server.translate import (
     RerankCall,
     UnknownModelError,
+    check_windows,
     to_answer,
     to_call,
     to_model_info,
@@ -178,7 +180,11 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                 raise BudgetExceededError("the gRPC deadline leaves no time to run the request")
             due.append(time.monotonic() + remaining - margin)
         deadline = min(due, default=None)
-        pairs, cached = await self._cache_lookup(call)
+        pairs, windows = await self._encode(call)
+        if windows is not None:
+            check_windows(windows, self.settings)
+        cached = await self._cache_lookup(call, pairs)
+        use_cache = self._use_cache(call)
         job = Job(
             call.query,
             call.documents,
@@ -190,7 +196,9 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             pairs=pairs,
             resume=cached.states,
             cached_scores=cached.scores,
-            keep_states=pairs is not None and call.cache_mode == "read_write",
+            keep_states=use_cache and call.cache_mode == "read_write",
+            chunking=call.chunking,
+            windows=windows,
         )
         future = self.scheduler.submit(job, on_stage)
         try:
@@ -198,7 +206,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         except asyncio.CancelledError:
             cancel.set()  # the engine stops this job before its next step
             raise
-        if pairs is not None:
+        if pairs is not None and use_cache:
             self._cache_write_back(call, pairs, result)
         return result, result.queue_seconds
 
@@ -231,23 +239,36 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         log.info("layer-state cache: %s", "off" if cache is None else type(cache.store).__name__)
         return cache
 
-    async def _cache_lookup(self, call: RerankCall) -> tuple[list[EncodedPair] | None, CachedRows]:
-        """Tokenise (off the loop) and look the pairs up; (None, nothing) when the cache is not used."""
-        cache = self.cache
-        if cache is None or call.cache_mode == "bypass" or self._engine is None:
-            return None, CachedRows()
+    def _use_cache(self, call: RerankCall) -> bool:
+        return self.cache is not None and call.cache_mode != "bypass"
+
+    async def _encode(self, call: RerankCall) -> tuple[list[EncodedPair] | None, list[Window] | None]:
+        """Tokenise off the loop where needed first: for the cache, and for a chunked request (its
+        windows are counted against the limits before it runs); (None, None) otherwise."""
+        if self._engine is None or (call.chunking is None and not self._use_cache(call)):
+            return None, None
         model = self._engine[0].model
-        pairs = await asyncio.to_thread(model.encode, call.query, call.documents, call.truncation)
+        if call.chunking is not None:
+            return await asyncio.to_thread(
+                model.encode_windows, call.query, call.documents, call.truncation, call.chunking
+            )
+        return await asyncio.to_thread(model.encode, call.query, call.documents, call.truncation), None
+
+    async def _cache_lookup(self, call: RerankCall, pairs: list[EncodedPair] | None) -> CachedRows:
+        """The cached states and scores of the pairs (nothing when the cache is not used)."""
+        cache = self.cache
+        if cache is None or pairs is None or not self._use_cache(call):
+            return CachedRows()
         try:
-            return pairs, await cache.lookup(pairs, call.plan)
+            return await cache.lookup(pairs, call.plan)
         except Exception:  # the cache must never fail a request
             log.exception("cache lookup failed; running without it")
-            return pairs, CachedRows()
+            return CachedRows()
 
     def _cache_write_back(self, call: RerankCall, pairs: list[EncodedPair], result: JobResult) -> None:
-        """Count the cache's outcome per document and schedule the write-back (read_write only)."""
+        """Count the cache's outcome per row and schedule the write-back (read_write only)."""
         usage = result.usage
-        misses = len(result.outcomes) - usage.cache_hits - usage.cache_resumed
+        misses = usage.rows - usage.cache_hits - usage.cache_resumed
         for label, count in (("hit", usage.cache_hits), ("resumed", usage.cache_resumed), ("miss", misses)):
             self.metrics.cache_documents.labels(result=label).inc(count)
         cache = self.cache

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_query_tokens: int = Field(64, ge=1)
     max_document_tokens: int = Field(512, ge=1)
     default_document_tokens: int = Field(192, ge=1)
+    max_windows_per_document: int = Field(64, ge=1, description="Most windows one chunked document runs as")
+    max_windows_per_request: int = Field(1000, ge=1, description="Most windows one chunked request runs")
     max_queue: int = Field(64, ge=1, description="Requests waiting or running before RESOURCE_EXHAUSTED")
     retry_after_seconds: float = Field(1.0, gt=0)
     max_batch_rows: int = Field(64, ge=1)

@@ -8,6 +8,7 @@ Every request violation names the request's own proto field path (e.g. `early_ex
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from matryoshka.engine.reranker import ScoreType, rank
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.prompt import Truncation
 from matryoshka.model.width import WidthTarget
+from matryoshka.model.window import Aggregate, Chunking, Window
 from matryoshka.server.settings import Settings
 from matryoshka_client.proto import rerank_service_pb2 as pb
 
@@ -86,6 +88,8 @@ class RerankCall:
     return_documents: bool
     request_id: str
     cache_mode: CacheMode = "read_write"
+    chunking: Chunking | None = None
+    min_score: float | None = None  # a calibrated probability
 
 
 def to_call(
@@ -120,6 +124,10 @@ def to_call(
     width = _width(req, add)
     confidence, cascade = _early_exit(req, add)
     budget = _budget(req, add)
+    chunking = _chunking(req, settings, add)
+    min_score = req.min_score if req.HasField("min_score") else None
+    if min_score is not None and not 0.0 <= min_score <= 1.0:  # NaN fails too
+        add(FieldViolation("min_score", f"must be a probability within [0, 1], got {min_score}"))
     if v:
         raise InvalidRequest(v)
     plan = Plan(depth=req.depth or None, width=width, confidence=confidence, cascade=cascade, budget=budget)
@@ -139,7 +147,23 @@ def to_call(
         return_documents=req.return_documents,
         request_id=req.request_id,
         cache_mode=CACHE_MODES.get(req.cache_mode, "read_write"),
+        chunking=chunking,
+        min_score=min_score,
     )
+
+
+def check_windows(windows: list[Window], settings: Settings) -> None:
+    """A chunked request's windows against the limits; raises InvalidRequest naming each document
+    over max_windows_per_document and `chunking` when the request is over max_windows_per_request."""
+    most, total = settings.max_windows_per_document, settings.max_windows_per_request
+    counts = sorted(Counter(w.document for w in windows).items())
+    v = [
+        FieldViolation(f"documents[{d}].text", f"{n} windows; at most {most}") for d, n in counts if n > most
+    ]
+    if len(windows) > total:
+        v.append(FieldViolation("chunking", f"{len(windows)} windows in the request; at most {total}"))
+    if v:
+        raise InvalidRequest(v)
 
 
 Add = Callable[[FieldViolation], None]
@@ -151,6 +175,7 @@ def _check_enums(req: pb.RerankRequest, add: Add) -> None:
         ("score_type", req.score_type, pb.ScoreType),
         ("truncation.side", req.truncation.side, pb.TruncationSide),
         ("cache_mode", req.cache_mode, pb.CacheMode),
+        ("chunking.aggregate", req.chunking.aggregate, pb.Aggregate),
     )
     for field, value, enum in enums:
         if value not in enum.values():
@@ -168,6 +193,24 @@ def _truncation(req: pb.RerankRequest, s: Settings, add: Add) -> Truncation:
         max_passage_tokens=max(t.max_document_tokens, 0) or s.default_document_tokens,
         side="start" if t.side == pb.TRUNCATION_SIDE_START else "end",
     )
+
+
+AGGREGATES: dict[int, Aggregate] = {pb.AGGREGATE_FIRST: "first", pb.AGGREGATE_MEAN: "mean"}
+
+
+def _chunking(req: pb.RerankRequest, s: Settings, add: Add) -> Chunking | None:
+    if not req.HasField("chunking"):
+        return None
+    c = req.chunking
+    ok = True
+    if not 1 <= c.window_tokens <= s.max_document_tokens:
+        add(FieldViolation("chunking.window_tokens", f"must be within 1..{s.max_document_tokens}"))
+        ok = False
+    if not 0 <= c.overlap_tokens < max(c.window_tokens, 1):
+        add(FieldViolation("chunking.overlap_tokens", "must be >= 0 and below window_tokens"))
+        ok = False
+    aggregate = AGGREGATES.get(c.aggregate, "max")
+    return Chunking(c.window_tokens, c.overlap_tokens, aggregate) if ok else None
 
 
 def _width(req: pb.RerankRequest, add: Add) -> dict[int, WidthTarget]:
@@ -260,16 +303,21 @@ SCORINGS = {
 
 
 def to_results(call: RerankCall, outcomes: list[Outcome], running_ok: bool = False) -> list[pb.RerankResult]:
-    """Outcomes ranked and cut to the call's top_n; `running_ok` allows rows still running (a stage)."""
+    """Outcomes ranked, without those below the call's min_score, and cut to its top_n; `running_ok`
+    allows rows still running (a stream stage, where min_score does not apply: a running candidate may
+    still rise above it)."""
     if not running_ok:
         nan = [o.index for o in outcomes if math.isnan(o.probability) or math.isnan(o.logit)]
         if nan:
             raise NonFiniteScoreError(nan)
     out = []
-    for o in rank(outcomes, call.top_n):
+    for o in rank(outcomes, call.top_n, None if running_ok else call.min_score):
         kwargs: dict[str, Any] = {}
         if call.return_documents:
             kwargs["document"] = call.documents[o.index]
+        if o.window is not None:
+            w = o.window
+            kwargs["window"] = pb.Window(index=w.index, count=w.count, start=w.start, end=w.end)
         assert running_ok or o.exit_reason is not None
         out.append(
             pb.RerankResult(
@@ -299,6 +347,7 @@ def to_answer(
             cached_flops=usage.cached_flops,
             cache_hits=usage.cache_hits,
             cache_resumed=usage.cache_resumed,
+            rows=usage.rows,
         ),
         "timing": pb.Timing(
             queue=to_duration(queued), compute=to_duration(result.compute_seconds), total=to_duration(total)
@@ -325,6 +374,8 @@ def to_model_info(info: ModelInfo, settings: Settings, dtype: str = "") -> pb.Mo
             max_request_bytes=s.max_request_bytes,
             max_query_tokens=s.max_query_tokens,
             max_document_tokens=s.max_document_tokens,
+            max_windows_per_document=s.max_windows_per_document,
+            max_windows_per_request=s.max_windows_per_request,
         ),
         default_truncation=pb.Truncation(
             max_query_tokens=s.max_query_tokens,
