@@ -262,6 +262,58 @@ public class RerankClientTest {
     }
   }
 
+  /** DOCS with the answer (document 2) buried in the middle of a long text, after non-BMP characters. */
+  private static String[] longDocs() {
+    String filler =
+        "Bananas are rich in potassium. ".repeat(8) + "The stock market fell sharply on Monday. ".repeat(8);
+    String[] docs = DOCS.clone();
+    docs[2] = filler + "🎭 ¿Qué? " + DOCS[2] + " " + filler; // offsets count code points, not chars
+    return docs;
+  }
+
+  @Test
+  public void liveChunkedWindowSlicesTheText() throws Exception {
+    String[] docs = longDocs();
+    try (RerankClient client = live()) {
+      RerankRequest.Builder request =
+          RerankClient.request(QUERY, docs)
+              .setChunking(RerankClient.chunks(32, 8))
+              .setCacheMode(CacheMode.CACHE_MODE_BYPASS);
+      RerankResponse response = client.rerank(request.build());
+      RerankResult best = response.getResults(0);
+      Window window = best.getWindow();
+      assertEquals(2, best.getIndex());
+      assertTrue(window.toString(), window.getIndex() > 0 && window.getIndex() < window.getCount() - 1);
+      String text = RerankClient.windowText(docs[2], window);
+      assertTrue(text, text.contains("William Shakespeare"));
+      assertEquals(window.getCount() + docs.length - 1, response.getUsage().getRows());
+      // Scored alone, the window's text gets the very score the long document got through it.
+      RerankResponse alone =
+          client.rerank(
+              RerankClient.request(QUERY, text).setCacheMode(CacheMode.CACHE_MODE_BYPASS).build());
+      assertEquals(best.getScore(), alone.getResults(0).getScore(), 1e-4);
+
+      double floor = (best.getScore() + response.getResults(1).getScore()) / 2;
+      RerankResponse kept = client.rerank(request.setMinScore(floor).build());
+      assertEquals(1, kept.getResultsCount());
+      assertEquals(2, kept.getResults(0).getIndex());
+    }
+  }
+
+  @Test
+  public void liveBadChunkingNamesTheFields() throws Exception {
+    try (RerankClient client = live()) {
+      client.rerank(
+          RerankClient.request(QUERY, DOCS).setChunking(RerankClient.chunks(16, 16)).setMinScore(1.5).build());
+      fail("an overlap as long as the window and a min_score above 1 must be rejected");
+    } catch (RerankException e) {
+      assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+      Set<String> fields =
+          e.fieldViolations().stream().map(RerankException.FieldViolation::field).collect(Collectors.toSet());
+      assertEquals(Set.of("chunking.overlap_tokens", "min_score"), fields);
+    }
+  }
+
   @Test
   public void liveModelInfoAndHealth() throws Exception {
     try (RerankClient client = live()) {
