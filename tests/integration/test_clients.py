@@ -32,6 +32,8 @@ GO_LIVE_TESTS = (
     "TestLiveRerankRanksTheAnswerFirst",
     "TestLiveBadRequestNamesTheFields",
     "TestLiveModelInfoAndHealth",
+    "TestLiveChunkedWindowSlicesTheText",
+    "TestLiveBadChunkingNamesTheFields",
 )
 
 

@@ -18,10 +18,10 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.postprocessor.matryoshka import MatryoshkaPostprocessor, MatryoshkaUnavailableError
 
-from matryoshka_client import RerankClient
+from matryoshka_client import Chunking, RerankClient
 from tests.integration.conftest import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -85,7 +85,11 @@ def test_sync_and_async_give_the_same_ranking(default_server: ServerProcess) -> 
 def test_top_n_scores_and_metadata(default_server: ServerProcess) -> None:
     """Computed (the cache bypassed): other tests on this server send the same documents."""
     reranker = MatryoshkaPostprocessor(
-        target=default_server.target, top_n=2, keep_retrieval_score=True, cache_mode="bypass"
+        target=default_server.target,
+        top_n=2,
+        keep_retrieval_score=True,
+        cache_mode="bypass",
+        send_retrieval_scores=False,  # as the direct call below: no first-stage scores
     )
     nodes = retrieved()
     ranked = reranker.postprocess_nodes(nodes, QUERY)
@@ -173,6 +177,34 @@ def test_a_too_small_time_budget_returns_the_partial_ranking(default_server: Ser
         if ranked[0].node.metadata["partial"]:
             break
     assert_partial(ranked)
+
+
+def test_chunked_nodes_carry_the_window_that_decided_their_score(default_server: ServerProcess) -> None:
+    """A long node whose answer sits in a middle window: its metadata cites that window, cut from the
+    text the server read; min_score between the best two scores keeps the best node only."""
+    filler = "Bananas are rich in potassium. " * 8 + "The stock market fell sharply on Monday. " * 8
+    nodes = [
+        NodeWithScore(node=TextNode(text=f"{filler}{DOCS[2]} {filler}", id_="long"), score=1.0),
+        *(NodeWithScore(node=TextNode(text=DOCS[i], id_=f"d{i}"), score=0.5) for i in (0, 1, 3)),
+    ]
+    options: dict[str, Any] = {
+        "target": default_server.target,
+        "top_n": 4,
+        "chunking": Chunking(window_tokens=32, overlap_tokens=8),
+        "send_retrieval_scores": False,  # scores here are the re-ranker's alone
+    }
+    ranked = MatryoshkaPostprocessor(**options, cache_mode="bypass").postprocess_nodes(nodes, QUERY)
+    assert ranked[0].node.node_id == "long"
+    meta = ranked[0].node.metadata
+    read = nodes[0].node.get_content(metadata_mode=MetadataMode.EMBED)
+    assert meta["window_text"] == read[meta["window_start"] : meta["window_end"]]
+    assert "William Shakespeare" in meta["window_text"]
+    assert 0 < meta["window_index"] < meta["window_count"] - 1
+    assert all(n.node.metadata["window_count"] == 1 for n in ranked[1:])  # short nodes: one window
+    floor = ((ranked[0].score or 0.0) + (ranked[1].score or 0.0)) / 2
+    kept = asyncio.run(MatryoshkaPostprocessor(**options, min_score=floor).apostprocess_nodes(nodes, QUERY))
+    assert [n.node.node_id for n in kept] == ["long"]
+    assert kept[0].node.metadata["window_text"] == meta["window_text"]
 
 
 def test_the_rag_example_runs_end_to_end(default_server: ServerProcess) -> None:

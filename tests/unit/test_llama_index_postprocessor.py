@@ -32,15 +32,19 @@ QUERY = QueryBundle("which document?")
 
 
 class ScriptedRerank(pb_grpc.RerankServiceServicer):
-    """Fails with `failures` in turn, then ranks documents in reverse order; records each call."""
+    """Fails with `failures` in turn, then ranks documents in reverse order (scored i / n), drops those
+    under min_score and, when chunked, names each one's last `window_tokens` code points as its window;
+    records each call's metadata and request."""
 
     def __init__(self, failures: list[grpc.StatusCode] | None = None, delay: float = 0.0) -> None:
         self.failures = list(failures or [])
         self.delay = delay
         self.calls: list[dict[str, Any]] = []
+        self.requests: list[pb.RerankRequest] = []
 
     def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> pb.RerankResponse:  # noqa: N802
         self.calls.append(dict(context.invocation_metadata()))
+        self.requests.append(request)
         if self.failures:
             context.abort(self.failures.pop(0), "scripted failure")
         time.sleep(self.delay)
@@ -48,7 +52,13 @@ class ScriptedRerank(pb_grpc.RerankServiceServicer):
         ranked = [
             pb.RerankResult(index=i, score=i / n, exit_layer=7, exit_reason=pb.EXIT_REASON_DEPTH)
             for i in reversed(range(n))
+            if not request.HasField("min_score") or i / n >= request.min_score
         ]
+        if request.HasField("chunking"):
+            for r in ranked:
+                end = len(request.documents[r.index].text)
+                start = max(end - request.chunking.window_tokens, 0)
+                r.window.CopyFrom(pb.Window(index=1, count=2, start=start, end=end))
         return pb.RerankResponse(results=ranked[: request.top_n or n], model="scripted")
 
 
@@ -97,6 +107,12 @@ def rerank(reranker: MatryoshkaPostprocessor, use_async: bool) -> list[NodeWithS
         ({"width": [{"layer": 3, "ratio": 0.5}]}, "ratio must be >= 1"),
         ({"cache_mode": "sometimes"}, "cache_mode"),
         ({"max_retries": -1}, "max_retries"),
+        ({"chunking": {"window_tokens": 0}}, "chunking.window_tokens must be >= 1"),
+        ({"chunking": {"window_tokens": 8, "overlap_tokens": 8}}, r"overlap_tokens must be in \[0, window"),
+        ({"chunking": {"window_tokens": 8, "overlap_tokens": -1}}, r"overlap_tokens must be in \[0, window"),
+        ({"chunking": {"window_tokens": 8, "aggregate": "maxp"}}, "'max', 'first' or 'mean'"),
+        ({"min_score": 1.5}, "min_score"),
+        ({"min_score": -0.1}, "min_score"),
         ({"root_certificates": "/no/such/roots.pem"}, "root_certificates"),
         ({"target": ""}, "target"),
     ],
@@ -117,6 +133,7 @@ def test_good_options_reach_the_request() -> None:
     assert options["confidence"] is not None
     assert options["confidence"].relevant == 0.9
     assert (options["depth"], options["top_n"]) == (20, 2)
+    assert (options["chunking"], options["min_score"]) == (None, None)
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -238,3 +255,79 @@ def test_tls_with_root_certificates(tmp_path: Path, use_async: bool) -> None:
     finally:
         server.stop(None)
     assert len(ranked) == 2
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_retrieval_scores_go_as_first_stage_scores(
+    scripted: tuple[ScriptedRerank, str], use_async: bool
+) -> None:
+    servicer, target = scripted
+    rerank(MatryoshkaPostprocessor(target=target), use_async)
+    sent = servicer.requests[-1].documents
+    assert [(d.HasField("first_stage_score"), d.first_stage_score) for d in sent] == [
+        (True, float(i)) for i in range(4)
+    ]
+    rerank(MatryoshkaPostprocessor(target=target, send_retrieval_scores=False), use_async)
+    assert not any(d.HasField("first_stage_score") for d in servicer.requests[-1].documents)
+
+
+@pytest.mark.parametrize("missing", [None, math.nan, -math.inf])
+def test_no_first_stage_scores_unless_every_node_has_a_finite_one(
+    scripted: tuple[ScriptedRerank, str], missing: float | None
+) -> None:
+    servicer, target = scripted
+    nodes = [*NODES[:3], NodeWithScore(node=TextNode(text="unscored"), score=missing)]
+    ranked = MatryoshkaPostprocessor(target=target, top_n=4).postprocess_nodes(nodes, QUERY)
+    assert len(ranked) == 4
+    assert not any(d.HasField("first_stage_score") for d in servicer.requests[-1].documents)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_chunked_results_carry_their_window_in_metadata(
+    scripted: tuple[ScriptedRerank, str], use_async: bool
+) -> None:
+    servicer, target = scripted
+    reranker = MatryoshkaPostprocessor(
+        target=target,
+        top_n=4,
+        chunking={"window_tokens": 5, "overlap_tokens": 2, "aggregate": "mean"},
+        min_score=0.5,
+        metadata_mode="none",
+    )
+    ranked = rerank(reranker, use_async)
+    sent = servicer.requests[-1]
+    assert (sent.chunking.window_tokens, sent.chunking.overlap_tokens) == (5, 2)
+    assert sent.chunking.aggregate == pb.AGGREGATE_MEAN
+    assert (sent.HasField("min_score"), sent.min_score) == (True, 0.5)
+    assert [n.node.node_id for n in ranked] == [
+        NODES[3].node.node_id,
+        NODES[2].node.node_id,
+    ]  # 0.25 and 0 < 0.5
+    meta = ranked[0].node.metadata
+    window = {k: meta[k] for k in ("window_index", "window_count", "window_start", "window_end")}
+    assert window == {"window_index": 1, "window_count": 2, "window_start": 5, "window_end": 10}
+    assert meta["window_text"] == "ent 3"  # "document 3"[5:10]
+    assert "window_text" not in ranked[0].node.get_content(metadata_mode="llm")
+    assert "window_text" in ranked[0].node.excluded_embed_metadata_keys
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_unchunked_results_have_no_window_metadata(
+    scripted: tuple[ScriptedRerank, str], use_async: bool
+) -> None:
+    servicer, target = scripted
+    ranked = rerank(MatryoshkaPostprocessor(target=target), use_async)
+    assert not servicer.requests[-1].HasField("chunking")
+    assert not servicer.requests[-1].HasField("min_score")
+    assert not any(k.startswith("window_") for n in ranked for k in n.node.metadata)
+
+
+def test_window_offsets_are_into_the_text_the_server_read(scripted: tuple[ScriptedRerank, str]) -> None:
+    servicer, target = scripted
+    nodes = [NodeWithScore(node=TextNode(text="body text", metadata={"title": "Intro"}), score=1.0)]
+    reranker = MatryoshkaPostprocessor(target=target, chunking={"window_tokens": 100})  # metadata_mode EMBED
+    [ranked] = reranker.postprocess_nodes(nodes, QUERY)
+    sent = servicer.requests[-1].documents[0].text
+    assert "title: Intro" in sent  # the default metadata_mode puts metadata into the text re-ranked
+    meta = ranked.node.metadata
+    assert (meta["window_start"], meta["window_end"], meta["window_text"]) == (0, len(sent), sent)

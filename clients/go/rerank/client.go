@@ -8,6 +8,10 @@
 //	req := rerank.NewRequest("who wrote romeo and juliet", "Romeo and Juliet is a tragedy ...", "Bananas ...")
 //	req.Budget = rerank.LatencyBudget(500 * time.Millisecond)
 //	resp, err := client.Rerank(ctx, req) // resp.Results[0].Index: the best document
+//
+// Long documents: req.Chunking = rerank.Chunks(128, 32) scores each document in overlapping windows, and
+// WindowText(text, result.Window) is the window that decided its score; req.MinScore =
+// rerank.MinScore(0.5) drops weak results; SetFirstStageScores passes the retriever's scores along.
 package rerank
 
 import (
@@ -19,6 +23,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	pb "github.com/matryoshka-rerank/matryoshka-rerank/clients/go/matryoshka/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -112,6 +117,63 @@ func NewRequest(query string, documents ...string) *pb.RerankRequest {
 // LatencyBudget is a budget of wall-clock time only.
 func LatencyBudget(d time.Duration) *pb.Budget {
 	return &pb.Budget{MaxLatency: durationpb.New(d)}
+}
+
+// Chunks splits long documents into windows of windowTokens document tokens, each sharing overlapTokens
+// with the one before; a document scores as its best window (AGGREGATE_MAX; set Aggregate for others).
+func Chunks(windowTokens, overlapTokens int32) *pb.Chunking {
+	return &pb.Chunking{WindowTokens: windowTokens, OverlapTokens: overlapTokens}
+}
+
+// MinScore is a value for RerankRequest.MinScore: results whose calibrated probability of relevance is
+// below p (in [0, 1]) are dropped, after ranking.
+func MinScore(p float64) *float64 { return &p }
+
+// SetFirstStageScores gives each of req's documents, in order, the first-stage retriever's score
+// (Document.first_stage_score: any finite value, higher = better). There must be one score per document.
+func SetFirstStageScores(req *pb.RerankRequest, scores []float64) error {
+	if len(scores) != len(req.GetDocuments()) {
+		return fmt.Errorf("%d first-stage scores for %d documents: give one per document", len(scores), len(req.GetDocuments()))
+	}
+	for i, score := range scores {
+		score := score
+		req.Documents[i].FirstStageScore = &score
+	}
+	return nil
+}
+
+// WindowText is the part of a document's text that a result's window covers: window offsets count
+// Unicode code points, not bytes. It fails for a nil window (the request was not chunked) or offsets
+// outside text.
+func WindowText(text string, window *pb.Window) (string, error) {
+	if window == nil {
+		return "", errors.New("no window: the request was not chunked")
+	}
+	start, end := int(window.GetStart()), int(window.GetEnd())
+	if start < 0 || end < start {
+		return "", fmt.Errorf("window [%d, %d) is not a range", start, end)
+	}
+	from, to, point := -1, -1, 0
+	for at := range text {
+		if point == start {
+			from = at
+		}
+		if point == end {
+			to = at
+			break
+		}
+		point++
+	}
+	if from < 0 && point == start {
+		from = len(text)
+	}
+	if to < 0 && point == end {
+		to = len(text)
+	}
+	if from < 0 || to < 0 {
+		return "", fmt.Errorf("window [%d, %d) is outside a text of %d code points", start, end, utf8.RuneCountInString(text))
+	}
+	return text[from:to], nil
 }
 
 // Rerank scores req's documents and returns them best first. The call's deadline is the earliest of

@@ -48,7 +48,7 @@ func (s *fakeServer) Rerank(ctx context.Context, req *pb.RerankRequest) (*pb.Rer
 }
 
 // serve starts fake on a loopback port (TLS when creds is not nil) and returns its address.
-func serve(t *testing.T, fake *fakeServer, creds credentials.TransportCredentials) string {
+func serve(t *testing.T, fake pb.RerankServiceServer, creds credentials.TransportCredentials) string {
 	t.Helper()
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

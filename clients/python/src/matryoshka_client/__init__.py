@@ -12,6 +12,10 @@
         for doc in result.results:
             print(doc.index, doc.id, doc.score, doc.exit_layer, doc.exit_reason)
 
+Long documents: `chunking=Chunking(window_tokens=128, overlap_tokens=32)` scores each in windows and
+`doc.window` names the one that decided it (`doc.window.text(text)`); `min_score=0.5` drops weak
+results; `Document(text, id=..., first_stage_score=bm25)` passes the retriever's score along.
+
 `AsyncRerankClient` is the asyncio twin. The generated stubs are in `matryoshka_client.proto`.
 """
 
@@ -23,9 +27,11 @@ from matryoshka_client._errors import FieldViolation, RerankError
 from matryoshka_client._security import PemInput, tls_credentials
 from matryoshka_client._sync import RerankClient
 from matryoshka_client._types import (
+    Aggregate,
     Budget,
     CacheMode,
     CascadeExit,
+    Chunking,
     ConfidenceExit,
     Document,
     DocumentInput,
@@ -41,6 +47,7 @@ from matryoshka_client._types import (
     TruncationSide,
     Usage,
     WidthStep,
+    Window,
 )
 
 try:
@@ -49,10 +56,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "Aggregate",
     "AsyncRerankClient",
     "Budget",
     "CacheMode",
     "CascadeExit",
+    "Chunking",
     "ConfidenceExit",
     "Document",
     "DocumentInput",
@@ -73,6 +82,7 @@ __all__ = [
     "TruncationSide",
     "Usage",
     "WidthStep",
+    "Window",
     "__version__",
     "tls_credentials",
 ]

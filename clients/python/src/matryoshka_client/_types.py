@@ -10,18 +10,23 @@ from typing import Literal, TypeAlias, TypedDict
 ScoreType = Literal["probability", "logit"]
 CacheMode = Literal["read_write", "read_only", "bypass"]
 TruncationSide = Literal["end", "start"]
+Aggregate = Literal["max", "first", "mean"]
 
 
 @dataclass(frozen=True)
 class Document:
-    """A candidate document: its text and, optionally, the caller's id (echoed in the result)."""
+    """A candidate document: its text and, optionally, the caller's id (echoed in the result) and the
+    first-stage retriever's score (any finite number, higher = better; give it for every document of a
+    request or for none)."""
 
     text: str
     id: str = ""
+    first_stage_score: float | None = None
 
 
-DocumentInput: TypeAlias = str | tuple[str, str] | Mapping[str, str] | Document
-"""A document as `rerank` accepts it: its text, an (id, text) pair, a {"id", "text"} mapping or a Document."""
+DocumentInput: TypeAlias = str | tuple[str, str] | Mapping[str, str | float | None] | Document
+"""A document as `rerank` accepts it: its text, an (id, text) pair, a {"id", "text", "first_stage_score"}
+mapping ("text" required) or a Document."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,17 @@ class Truncation:
     side: TruncationSide | None = None
 
 
+@dataclass(frozen=True)
+class Chunking:
+    """Split long documents into windows of `window_tokens` document tokens, each sharing
+    `overlap_tokens` with the one before, instead of truncating them. A document's score aggregates its
+    windows': "max" (the best window, the default), "first" (only the first window runs) or "mean"."""
+
+    window_tokens: int
+    overlap_tokens: int = 0
+    aggregate: Aggregate | None = None
+
+
 class RerankOptions(TypedDict, total=False):
     """Keyword options of `rerank` and `stream_rerank`; every one may be left out (server defaults)."""
 
@@ -101,6 +117,23 @@ class RerankOptions(TypedDict, total=False):
     truncation: Truncation | None
     cache_mode: CacheMode | None
     request_id: str
+    chunking: Chunking | None  # None = no chunking: each document is one row, truncated
+    min_score: float | None  # drop results whose calibrated probability is below this (in [0, 1])
+
+
+@dataclass(frozen=True)
+class Window:
+    """The window of a chunked document that decided its score: the `index`-th of `count`, and its
+    [start, end) offsets into the document's text in code points (so `text[start:end]` in Python)."""
+
+    index: int
+    count: int
+    start: int
+    end: int
+
+    def text(self, document: str) -> str:
+        """The window's text, cut from the document's text as sent."""
+        return document[self.start : self.end]
 
 
 @dataclass(frozen=True)
@@ -118,6 +151,7 @@ class ScoredDocument:
     exit_layer: int
     exit_reason: str
     document: str | None = None  # the text, when return_documents was asked for
+    window: Window | None = None  # with chunking: the window that decided the score
 
     @property
     def running(self) -> bool:
@@ -136,6 +170,7 @@ class Usage:
     cached_flops: float = 0.0  # FLOPs earlier requests spent on cached layers reused here
     cache_hits: int = 0  # documents answered from the cache with no compute
     cache_resumed: int = 0  # documents resumed from a cached layer state
+    rows: int = 0  # rows the engine scored: documents, or windows when the request is chunked
 
 
 @dataclass(frozen=True)
@@ -188,6 +223,8 @@ class ModelLimits:
     max_request_bytes: int
     max_query_tokens: int
     max_document_tokens: int
+    max_windows_per_document: int = 0  # most windows one document may be split into (Chunking)
+    max_windows_per_request: int = 0  # most windows one chunked request may hold, all documents together
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from typing import Any, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
@@ -15,6 +16,7 @@ from matryoshka_client._types import (
     Budget,
     CacheMode,
     CascadeExit,
+    Chunking,
     ConfidenceExit,
     Document,
     DocumentInput,
@@ -28,6 +30,7 @@ from matryoshka_client._types import (
     Truncation,
     Usage,
     WidthStep,
+    Window,
 )
 from matryoshka_client.proto import rerank_service_pb2 as pb
 
@@ -43,6 +46,11 @@ _CACHE_MODES: dict[str, pb.CacheMode.ValueType] = {
 _SIDES: dict[str, pb.TruncationSide.ValueType] = {
     "end": pb.TRUNCATION_SIDE_END,
     "start": pb.TRUNCATION_SIDE_START,
+}
+_AGGREGATES: dict[str, pb.Aggregate.ValueType] = {
+    "max": pb.AGGREGATE_MAX,
+    "first": pb.AGGREGATE_FIRST,
+    "mean": pb.AGGREGATE_MEAN,
 }
 
 
@@ -64,24 +72,47 @@ def _duration(seconds: float, name: str) -> Duration:
 
 
 def to_document(doc: DocumentInput, index: int = 0) -> pb.Document:
-    """One document from its text, an (id, text) pair, a {"id", "text"} mapping or a Document."""
+    """One document from its text, an (id, text) pair, a {"id", "text", "first_stage_score"} mapping or a
+    Document."""
     where = f"documents[{index}]"
     raw_id: object = ""
+    score: object = None
     if isinstance(doc, str):
         text: object = doc
     elif isinstance(doc, Document):
-        raw_id, text = doc.id, doc.text
+        raw_id, text, score = doc.id, doc.text, doc.first_stage_score
     elif isinstance(doc, Mapping):
         if "text" not in doc:
             raise TypeError(f"{where}: a mapping needs a 'text' key, got keys {sorted(doc)}")
-        raw_id, text = doc.get("id", ""), doc["text"]
+        raw_id, text, score = doc.get("id", ""), doc["text"], doc.get("first_stage_score")
     elif isinstance(doc, tuple) and len(doc) == 2:
         raw_id, text = doc
     else:
         raise TypeError(f"{where}: expected str, (id, text), a mapping or Document, got {type(doc).__name__}")
     if not isinstance(text, str):
         raise TypeError(f"{where}: text must be a str, got {type(text).__name__}")
-    return pb.Document(id="" if raw_id is None else str(raw_id), text=text)
+    if score is not None and (isinstance(score, bool) or not isinstance(score, Real)):
+        raise TypeError(f"{where}.first_stage_score must be a number, got {type(score).__name__}")
+    return pb.Document(
+        id="" if raw_id is None else str(raw_id),
+        text=text,
+        first_stage_score=float(score) if score is not None else None,
+    )
+
+
+def to_documents(documents: Sequence[DocumentInput]) -> list[pb.Document]:
+    """The request's documents; first-stage scores must come with every document or with none."""
+    if isinstance(documents, str | bytes):
+        raise TypeError("documents must be a sequence of documents, not a single string")
+    converted = [to_document(d, i) for i, d in enumerate(documents)]
+    scored = [d.HasField("first_stage_score") for d in converted]
+    if any(scored) and not all(scored):
+        have, lack = scored.index(True), scored.index(False)
+        raise ValueError(
+            f"documents[{lack}].first_stage_score is missing but documents[{have}] has one: "
+            "give a first-stage score for every document or for none"
+        )
+    return converted
 
 
 def to_width_step(step: WidthStep) -> pb.WidthStep:
@@ -119,6 +150,16 @@ def to_truncation(t: Truncation) -> pb.Truncation:
     )
 
 
+def to_chunking(c: Chunking) -> pb.Chunking:
+    """Window size, overlap and aggregation of chunked documents."""
+    aggregate = (
+        _choice(c.aggregate, _AGGREGATES, "chunking.aggregate")
+        if c.aggregate is not None
+        else pb.AGGREGATE_UNSPECIFIED
+    )
+    return pb.Chunking(window_tokens=c.window_tokens, overlap_tokens=c.overlap_tokens, aggregate=aggregate)
+
+
 def build_request(
     query: str,
     documents: Sequence[DocumentInput],
@@ -135,16 +176,17 @@ def build_request(
     truncation: Truncation | None = None,
     cache_mode: CacheMode | None = None,
     request_id: str = "",
+    chunking: Chunking | None = None,
+    min_score: float | None = None,
 ) -> pb.RerankRequest:
     """The RerankRequest for a query and its documents; options left out keep the server's defaults.
 
-    Only what cannot be sent is checked here (types, names of choices); the server judges the values
-    and reports every broken rule at once (RerankError.field_violations).
+    Only what cannot be sent is checked here (types, names of choices) and that first-stage scores
+    come with every document or none; the server judges the values and reports every broken rule at
+    once (RerankError.field_violations).
     """
     if not isinstance(query, str):
         raise TypeError(f"query must be a str, got {type(query).__name__}")
-    if isinstance(documents, str | bytes):
-        raise TypeError("documents must be a sequence of documents, not a single string")
     early_exit = None
     if confidence is not None or cascade is not None:
         early_exit = pb.EarlyExit(
@@ -154,7 +196,7 @@ def build_request(
     return pb.RerankRequest(
         model=model,
         query=query,
-        documents=[to_document(d, i) for i, d in enumerate(documents)],
+        documents=to_documents(documents),
         top_n=top_n or 0,
         return_documents=return_documents,
         depth=depth or 0,
@@ -173,6 +215,8 @@ def build_request(
             else pb.CACHE_MODE_UNSPECIFIED
         ),
         request_id=request_id,
+        chunking=to_chunking(chunking) if chunking is not None else None,
+        min_score=min_score,
     )
 
 
@@ -207,7 +251,13 @@ def to_scored(r: pb.RerankResult) -> ScoredDocument:
         exit_layer=r.exit_layer,
         exit_reason=exit_reason_name(r.exit_reason),
         document=r.document if r.HasField("document") else None,
+        window=to_window(r.window) if r.HasField("window") else None,
     )
+
+
+def to_window(w: pb.Window) -> Window:
+    """The window that decided a chunked document's score."""
+    return Window(index=w.index, count=w.count, start=w.start, end=w.end)
 
 
 def to_usage(u: pb.Usage) -> Usage:
@@ -220,6 +270,7 @@ def to_usage(u: pb.Usage) -> Usage:
         cached_flops=u.cached_flops,
         cache_hits=u.cache_hits,
         cache_resumed=u.cache_resumed,
+        rows=u.rows,
     )
 
 
@@ -281,6 +332,8 @@ def to_model_info(m: pb.ModelInfo) -> ModelInfo:
             max_request_bytes=m.limits.max_request_bytes,
             max_query_tokens=m.limits.max_query_tokens,
             max_document_tokens=m.limits.max_document_tokens,
+            max_windows_per_document=m.limits.max_windows_per_document,
+            max_windows_per_request=m.limits.max_windows_per_request,
         ),
         default_truncation=from_truncation(m.default_truncation),
         calibration_version=m.calibration_version,

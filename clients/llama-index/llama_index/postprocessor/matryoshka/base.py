@@ -20,7 +20,9 @@ from matryoshka_client import (
     Budget,
     CacheMode,
     CascadeExit,
+    Chunking,
     ConfidenceExit,
+    Document,
     RerankClient,
     RerankError,
     RerankOptions,
@@ -32,7 +34,11 @@ from llama_index.postprocessor.matryoshka.errors import describe_failure, retry_
 
 dispatcher = get_dispatcher(__name__)
 
-METADATA_KEYS = ("exit_layer", "exit_reason", "partial", "retrieval_score")
+WINDOW_KEYS = ("window_index", "window_count", "window_start", "window_end", "window_text")
+"""Metadata of a node re-ranked with chunking: which of its windows decided its score, where that window
+lies in the text the server read (code-point offsets, [start, end)) and the window's text."""
+
+METADATA_KEYS = ("exit_layer", "exit_reason", "partial", "retrieval_score", *WINDOW_KEYS)
 """Node metadata this postprocessor writes (kept out of the LLM's and the embedder's view of the node)."""
 
 
@@ -43,7 +49,9 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
         engine = RetrieverQueryEngine.from_args(retriever, node_postprocessors=[reranker])
 
     Each returned node's score is the re-ranker's; its metadata gains `exit_layer`, `exit_reason`,
-    `partial` (the budget cut the request short) and, with `keep_retrieval_score`, `retrieval_score`.
+    `partial` (the budget cut the request short), with `keep_retrieval_score`, `retrieval_score`, and
+    with `chunking`, the window that decided the score (WINDOW_KEYS). The retriever's scores go to the
+    server as first-stage scores when every node has one (`send_retrieval_scores`).
     """
 
     target: str = Field(default="localhost:50051", min_length=1, description="Server address, host:port.")
@@ -70,6 +78,22 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
         default=60.0, gt=0, description="gRPC deadline per attempt, in seconds; None = no deadline."
     )
     cache_mode: CacheMode | None = Field(default=None, description="Server cache use; None = its default.")
+    chunking: Chunking | None = Field(
+        default=None,
+        description="Score long nodes in overlapping token windows (e.g. Chunking(window_tokens=128, "
+        "overlap_tokens=32)) instead of truncating them; None = no chunking.",
+    )
+    min_score: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Drop nodes whose calibrated probability of relevance is below this; None = keep all.",
+    )
+    send_retrieval_scores: bool = Field(
+        default=True,
+        description="Send each node's retriever score as its first-stage score when every node has a "
+        "finite one; the server then never ranks worse than the retriever's order.",
+    )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which node metadata goes into the text the server reads."
     )
@@ -136,6 +160,19 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
             raise ValueError(f"cascade.margin must be >= 0, got {value.margin}")
         return value
 
+    @field_validator("chunking")
+    @classmethod
+    def _valid_chunking(cls, value: Chunking | None) -> Chunking | None:
+        if value is None:
+            return None
+        if value.window_tokens < 1:
+            raise ValueError(f"chunking.window_tokens must be >= 1, got {value.window_tokens}")
+        if not 0 <= value.overlap_tokens < value.window_tokens:
+            raise ValueError(
+                f"chunking.overlap_tokens must be in [0, window_tokens), got {value.overlap_tokens}"
+            )
+        return value
+
     def model_post_init(self, context: Any, /) -> None:
         """Open the (lazily connecting) channel of the sync client."""
         super().model_post_init(context)
@@ -175,6 +212,8 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
             cascade=self.cascade,
             budget=budget,
             cache_mode=self.cache_mode,
+            chunking=self.chunking,
+            min_score=self.min_score,
         )
 
     def _start(self, nodes: list[NodeWithScore], query: QueryBundle) -> dict[str, Any]:
@@ -192,9 +231,19 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
         """What the server reads of each node."""
         return [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
 
-    def _ranked(self, nodes: list[NodeWithScore], result: RerankResult) -> list[NodeWithScore]:
-        """The server's ranking (best first) as copies of the nodes, cut to top_n, with exit metadata;
-        announced to the dispatcher as a ReRankEndEvent."""
+    def _documents(self, nodes: list[NodeWithScore], texts: list[str]) -> list[Document]:
+        """The nodes' texts, with their retriever scores as first-stage scores when every node has a
+        finite one (and `send_retrieval_scores`); otherwise without any."""
+        scores = [n.score for n in nodes]
+        if self.send_retrieval_scores and all(s is not None and math.isfinite(s) for s in scores):
+            return [Document(text, first_stage_score=s) for text, s in zip(texts, scores, strict=True)]
+        return [Document(text) for text in texts]
+
+    def _ranked(
+        self, nodes: list[NodeWithScore], texts: list[str], result: RerankResult
+    ) -> list[NodeWithScore]:
+        """The server's ranking (best first) as copies of the nodes, cut to top_n, with exit (and window)
+        metadata; announced to the dispatcher as a ReRankEndEvent."""
         ranked = []
         for doc in result.results[: self.top_n]:
             original = nodes[doc.index]
@@ -206,6 +255,15 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
             }
             if self.keep_retrieval_score:
                 metadata["retrieval_score"] = original.score
+            if doc.window is not None:
+                w = doc.window
+                metadata.update(
+                    window_index=w.index,
+                    window_count=w.count,
+                    window_start=w.start,
+                    window_end=w.end,
+                    window_text=w.text(texts[doc.index]),
+                )
             node = original.node.model_copy(
                 update={
                     "metadata": metadata,
@@ -226,18 +284,19 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
             return []
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._start(nodes, query)) as event:
             texts = self._texts(nodes)
+            documents = self._documents(nodes, texts)
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    result = self._client.rerank(query.query_str, texts, **self._options())
+                    result = self._client.rerank(query.query_str, documents, **self._options())
                     break
                 except RerankError as e:
                     delay = retry_delay(e, attempt, self.max_retries, self.retry_backoff)
                     if delay is None:
                         raise describe_failure(e, self.target, attempt, self.timeout) from e
                     time.sleep(delay)
-            ranked = self._ranked(nodes, result)
+            ranked = self._ranked(nodes, texts, result)
             event.on_end(payload={EventPayload.NODES: ranked})
         return ranked
 
@@ -252,19 +311,20 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
             return []
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._start(nodes, query)) as event:
             texts = self._texts(nodes)
+            documents = self._documents(nodes, texts)
             async with AsyncRerankClient(self.target, **self._channel_args()) as client:
                 attempt = 0
                 while True:
                     attempt += 1
                     try:
-                        result = await client.rerank(query.query_str, texts, **self._options())
+                        result = await client.rerank(query.query_str, documents, **self._options())
                         break
                     except RerankError as e:
                         delay = retry_delay(e, attempt, self.max_retries, self.retry_backoff)
                         if delay is None:
                             raise describe_failure(e, self.target, attempt, self.timeout) from e
                         await asyncio.sleep(delay)
-            ranked = self._ranked(nodes, result)
+            ranked = self._ranked(nodes, texts, result)
             event.on_end(payload={EventPayload.NODES: ranked})
         return ranked
 

@@ -1,12 +1,14 @@
 package dev.matryoshka.rerank.client;
 
 import dev.matryoshka.rerank.v1.Budget;
+import dev.matryoshka.rerank.v1.Chunking;
 import dev.matryoshka.rerank.v1.Document;
 import dev.matryoshka.rerank.v1.GetModelInfoRequest;
 import dev.matryoshka.rerank.v1.ModelInfo;
 import dev.matryoshka.rerank.v1.RerankRequest;
 import dev.matryoshka.rerank.v1.RerankResponse;
 import dev.matryoshka.rerank.v1.RerankServiceGrpc;
+import dev.matryoshka.rerank.v1.Window;
 import io.grpc.ChannelCredentials;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
@@ -39,6 +41,10 @@ import java.util.concurrent.TimeUnit;
  *   RerankResponse response = client.rerank(request); // response.getResults(0).getIndex(): the best document
  * }
  * }</pre>
+ *
+ * <p>Long documents: {@code .setChunking(RerankClient.chunks(128, 32))} scores each document in
+ * overlapping windows and {@link #windowText} cuts out the window that decided its score; {@code
+ * .setMinScore(0.5)} drops weak results; {@link #withFirstStageScores} passes the retriever's scores along.
  */
 public final class RerankClient implements AutoCloseable {
   /**
@@ -128,6 +134,47 @@ public final class RerankClient implements AutoCloseable {
       request.addDocuments(Document.newBuilder().setText(text));
     }
     return request;
+  }
+
+  /**
+   * Gives each document of {@code request}, in order, the first-stage retriever's score
+   * (Document.first_stage_score: any finite value, higher = better); one score per document.
+   *
+   * @throws IllegalArgumentException if the number of scores is not the number of documents
+   */
+  public static RerankRequest.Builder withFirstStageScores(RerankRequest.Builder request, double... scores) {
+    if (scores.length != request.getDocumentsCount()) {
+      throw new IllegalArgumentException(
+          scores.length + " first-stage scores for " + request.getDocumentsCount()
+              + " documents: give one per document");
+    }
+    for (int i = 0; i < scores.length; i++) {
+      request.getDocumentsBuilder(i).setFirstStageScore(scores[i]);
+    }
+    return request;
+  }
+
+  /**
+   * Chunking of long documents into windows of {@code windowTokens} document tokens, each sharing {@code
+   * overlapTokens} with the one before; a document scores as its best window (AGGREGATE_MAX).
+   */
+  public static Chunking chunks(int windowTokens, int overlapTokens) {
+    return Chunking.newBuilder().setWindowTokens(windowTokens).setOverlapTokens(overlapTokens).build();
+  }
+
+  /**
+   * The part of a document's text a result's window covers. Window offsets count Unicode code points,
+   * not Java chars (a character outside the BMP is two chars and one code point).
+   *
+   * @throws IndexOutOfBoundsException if the window lies outside {@code text}
+   */
+  public static String windowText(String text, Window window) {
+    if (window.getStart() < 0 || window.getEnd() < window.getStart()) {
+      throw new IndexOutOfBoundsException(
+          "window [" + window.getStart() + ", " + window.getEnd() + ") is not a range");
+    }
+    int from = text.offsetByCodePoints(0, window.getStart());
+    return text.substring(from, text.offsetByCodePoints(from, window.getEnd() - window.getStart()));
   }
 
   /** A budget of wall-clock time only. */
