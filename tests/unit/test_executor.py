@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -234,3 +236,29 @@ def test_a_budget_stop_with_resumed_rows_still_waiting(llama_model: MatryoshkaMo
     assert result.partial
     assert {o.exit_layer for o in result.outcomes} == {0}
     assert 0 not in result.states  # a waiting resumed row has no new state to hand back
+
+
+def test_logits_are_the_calibrated_log_odds_in_probability_order(llama_model: MatryoshkaModel) -> None:
+    """With a per-layer calibration and candidates exiting at different layers, a result's logit is
+    the log-odds of its probability (the proto's SCORE_TYPE_LOGIT), so both score types rank alike."""
+    calibration = [(0.5, 3.0), (2.0, -1.0), (1.5, 0.5), (4.0, 0.0)]
+    for layer, (temperature, bias) in zip(llama_model.info.head_layers, calibration, strict=True):
+        llama_model.scorer.calibration.set(layer, temperature, bias)
+    probs = sorted(o.probability for o in run_one(llama_model, Plan(depth=1)).outcomes)
+    threshold = probs[len(probs) // 2]  # about half exit at layer 1, the rest run to the depth
+    plan = Plan(confidence=ConfidenceExit(relevant=1.0, irrelevant=threshold, min_layer=1))
+    result = run_one(llama_model, plan)
+    assert len({o.exit_layer for o in result.outcomes}) > 1
+    for o in result.outcomes:
+        assert o.logit == pytest.approx(math.log(o.probability / (1 - o.probability)), abs=1e-6)
+    by_probability = [o.index for o in rank(result.outcomes)]
+    by_logit = [o.index for o in sorted(result.outcomes, key=lambda o: (-o.logit, o.index))]
+    assert by_probability == by_logit
+    state = llama_model.backbone.forward_layer(
+        1, llama_model.embed(llama_model.encode(QUERY, PASSAGES, Truncation()))
+    )
+    raw_first = llama_model.scorer.logits(state)
+    early = [o for o in result.outcomes if o.exit_layer == 1]
+    assert early
+    for o in early:  # layer 1's calibration: raw / 0.5 + 3
+        assert o.logit == pytest.approx(float(raw_first[o.index]) / 0.5 + 3.0, abs=1e-4)

@@ -254,7 +254,7 @@ class Executor:
             layer = max(run.ledger.scores[r])
             logit = torch.tensor([run.ledger.scores[r][layer].logit], dtype=torch.float64)
             device = self.model.backbone.device
-            run.replayed([r], layer, self.model.scorer.calibration.probability(layer, logit.to(device)))
+            run.replayed([r], layer, self.model.scorer.calibration.calibrated_logits(layer, logit.to(device)))
             if layer == depth:
                 run.exit({r: ExitReason.DEPTH}, layer)
         if not run.done:  # (rows all answered from the cache: complete, not partial)
@@ -281,14 +281,14 @@ class Executor:
             state = b.state if bool(wants.all()) else b.state.select(picked)
             rows = b.rows[wants]
             logits = scorer.logits(state)
-            probs = scorer.calibration.probability(layer, logits)
+            calibrated = scorer.calibration.calibrated_logits(layer, logits)
             run.usage.flops += self.flops.score(state.batch_size, run.query_tokens)
-            run.scored(rows, layer, logits, probs, self.flops.score(1, run.query_tokens))
+            run.scored(rows, layer, logits, calibrated, self.flops.score(1, run.query_tokens))
         cached = run.replayable(layer)
         if cached:
             logits = torch.tensor([run.ledger.scores[r][layer].logit for r in cached], dtype=torch.float64)
             device = self.model.backbone.device
-            run.replayed(cached, layer, scorer.calibration.probability(layer, logits.to(device)))
+            run.replayed(cached, layer, scorer.calibration.calibrated_logits(layer, logits.to(device)))
         run.scored_through = layer
         run.exit(run.decide(layer), layer)
         if run.schedule.budget is not None and not run.done and not self._next_head_fits(run, 0.0):

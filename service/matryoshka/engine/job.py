@@ -69,7 +69,7 @@ class Outcome:
     """One document's (or row's) result: scores at its exit layer and why it exited there."""
 
     index: int
-    logit: float
+    logit: float  # the calibrated logit (log-odds) at the exit layer: the probability's, same order
     probability: float
     exit_layer: int
     exit_reason: ExitReason | None  # None while still running (stage snapshots)

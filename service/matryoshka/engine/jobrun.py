@@ -227,12 +227,13 @@ class JobRun:
                 self.scores[row] = self.history[row]
             self.reason[row] = reason
 
-    def scored(self, rows: Tensor, layer: int, logits: Tensor, probs: Tensor, flops_each: float) -> None:
-        """The model scored `rows` at `layer` (`flops_each` FLOPs a row)."""
-        self._record(rows, layer, logits, probs)
+    def scored(self, rows: Tensor, layer: int, logits: Tensor, calibrated: Tensor, flops_each: float) -> None:
+        """The model scored `rows` at `layer`: raw head `logits` (what the cache keeps) and their
+        `calibrated` logits (what is reported and decided on); `flops_each` FLOPs a row."""
+        self._record(rows, layer, calibrated)
         self.row_flops[rows] += flops_each
-        for r in rows.tolist():
-            self.history[r][layer] = ScoredLayer(float(self.logit[r]), float(self.row_flops[r]))
+        for r, raw in zip(rows.tolist(), logits.double().cpu().tolist(), strict=True):
+            self.history[r][layer] = ScoredLayer(raw, float(self.row_flops[r]))
 
     def replayable(self, layer: int) -> list[int]:
         """Active rows with a cached score at `layer` (replayed instead of scored)."""
@@ -242,16 +243,15 @@ class JobRun:
         """Active rows with cached scores at any layer."""
         return [r for r in self.ledger.scores if bool(self.active[r])]
 
-    def replayed(self, rows: list[int], layer: int, probs: Tensor) -> None:
-        """`rows` got their cached scores at `layer` (`probs`: calibrated from the cached logits)."""
+    def replayed(self, rows: list[int], layer: int, calibrated: Tensor) -> None:
+        """`rows` got their cached scores at `layer` (`calibrated`: the cached logits calibrated)."""
         for r in rows:
             self.history[r][layer] = self.ledger.replay(r, layer)
-        logits = torch.tensor([self.history[r][layer].logit for r in rows], dtype=torch.float64)
-        self._record(torch.tensor(rows, dtype=torch.long), layer, logits, probs)
+        self._record(torch.tensor(rows, dtype=torch.long), layer, calibrated)
 
-    def _record(self, rows: Tensor, layer: int, logits: Tensor, probs: Tensor) -> None:
-        self.logit[rows] = logits.double().cpu()
-        self.prob[rows] = probs.double().cpu()
+    def _record(self, rows: Tensor, layer: int, calibrated: Tensor) -> None:
+        self.logit[rows] = calibrated.double().cpu()
+        self.prob[rows] = torch.sigmoid(self.logit[rows])
         self.exit_layer[rows] = layer
 
     def stop_for_budget(self) -> None:

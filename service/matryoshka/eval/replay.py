@@ -76,7 +76,7 @@ def replay_query(
         active = run.active.nonzero().flatten()
         probs = torch.tensor([rows[int(i)]["prob"][str(layer)] for i in active], dtype=torch.float64)
         logits = torch.tensor([rows[int(i)]["logit"][str(layer)] for i in active], dtype=torch.float64)
-        run.scored(active, layer, logits, probs, 0.0)
+        run.scored(active, layer, logits, torch.logit(probs), 0.0)  # the recorded calibrated scores
         scorings[active] += 1
         run.exit(run.schedule.decide(layer, run.prob, run.active), layer)
     layers = run.exit_layer.tolist()
