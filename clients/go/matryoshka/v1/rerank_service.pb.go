@@ -1226,7 +1226,9 @@ type RerankResponse struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// The documents sorted by score, best first (ties by index); the top_n best when top_n > 0.
+	// The documents best first (ties by index): by score, or, when the documents carry
+	// first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+	// (so scores need not descend); without those below min_score, the top_n best when top_n > 0.
 	Results []*RerankResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
 	// Work done, against a full-depth, full-width run of the same documents.
 	Usage *Usage `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
@@ -1513,9 +1515,10 @@ type Usage struct {
 	FlopsSaved float64 `protobuf:"fixed64,4,opt,name=flops_saved,json=flopsSaved,proto3" json:"flops_saved,omitempty"`
 	// FLOPs earlier requests spent on the cached layers this request reused (not spent again here).
 	CachedFlops float64 `protobuf:"fixed64,5,opt,name=cached_flops,json=cachedFlops,proto3" json:"cached_flops,omitempty"`
-	// Documents answered from the cache with no compute (exit reason CACHE_HIT).
+	// Rows (documents, or windows when chunked) answered from the cache with no compute (exit reason
+	// CACHE_HIT).
 	CacheHits int32 `protobuf:"varint,6,opt,name=cache_hits,json=cacheHits,proto3" json:"cache_hits,omitempty"`
-	// Documents resumed from a cached layer state and run deeper from there.
+	// Rows (documents, or windows when chunked) resumed from a cached layer state and run deeper.
 	CacheResumed int32 `protobuf:"varint,7,opt,name=cache_resumed,json=cacheResumed,proto3" json:"cache_resumed,omitempty"`
 	// Rows the engine scored: the number of documents, or of windows when the request is chunked.
 	Rows int32 `protobuf:"varint,8,opt,name=rows,proto3" json:"rows,omitempty"`
@@ -1734,7 +1737,8 @@ type StreamRerankResponse struct {
 
 	// The head layer just scored (1-based). On the final message, the deepest layer any candidate reached.
 	Layer int32 `protobuf:"varint,1,opt,name=layer,proto3" json:"layer,omitempty"`
-	// The ranking so far, best first by each candidate's latest score, the top_n best when top_n > 0.
+	// The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+	// (min_score is applied on the final message only), the top_n best when top_n > 0.
 	// Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
 	Results []*RerankResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
 	// True on the last message only; then every result has its exit reason and usage and timing are set.

@@ -683,7 +683,10 @@ class RerankResponse(_message.Message):
     """The request's request_id, or the one the server assigned."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RerankResult]:
-        """The documents sorted by score, best first (ties by index); the top_n best when top_n > 0."""
+        """The documents best first (ties by index): by score, or, when the documents carry
+        first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+        (so scores need not descend); without those below min_score, the top_n best when top_n > 0.
+        """
 
     @_builtins.property
     def usage(self) -> Global___Usage:
@@ -826,9 +829,11 @@ class Usage(_message.Message):
     cached_flops: _builtins.float
     """FLOPs earlier requests spent on the cached layers this request reused (not spent again here)."""
     cache_hits: _builtins.int
-    """Documents answered from the cache with no compute (exit reason CACHE_HIT)."""
+    """Rows (documents, or windows when chunked) answered from the cache with no compute (exit reason
+    CACHE_HIT).
+    """
     cache_resumed: _builtins.int
-    """Documents resumed from a cached layer state and run deeper from there."""
+    """Rows (documents, or windows when chunked) resumed from a cached layer state and run deeper."""
     rows: _builtins.int
     """Rows the engine scored: the number of documents, or of windows when the request is chunked."""
     def __init__(
@@ -939,7 +944,8 @@ class StreamRerankResponse(_message.Message):
     """The request's request_id, or the one the server assigned (every message)."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RerankResult]:
-        """The ranking so far, best first by each candidate's latest score, the top_n best when top_n > 0.
+        """The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+        (min_score is applied on the final message only), the top_n best when top_n > 0.
         Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
         """
 

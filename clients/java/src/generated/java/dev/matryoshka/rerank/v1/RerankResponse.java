@@ -55,7 +55,9 @@ private static final long serialVersionUID = 0L;
   private java.util.List<dev.matryoshka.rerank.v1.RerankResult> results_;
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -66,7 +68,9 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -78,7 +82,9 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -89,7 +95,9 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -100,7 +108,9 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -831,7 +841,9 @@ private static final long serialVersionUID = 0L;
 
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -845,7 +857,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -859,7 +873,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -873,7 +889,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -894,7 +912,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -912,7 +932,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -932,7 +954,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -953,7 +977,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -971,7 +997,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -989,7 +1017,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -1008,7 +1038,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -1025,7 +1057,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -1042,7 +1076,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -1053,7 +1089,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -1067,7 +1105,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -1082,7 +1122,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -1093,7 +1135,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -1105,7 +1149,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+     * The documents best first (ties by index): by score, or, when the documents carry
+     * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+     * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
      * </pre>
      *
      * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>

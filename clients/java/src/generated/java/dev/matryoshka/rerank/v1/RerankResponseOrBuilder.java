@@ -9,7 +9,9 @@ public interface RerankResponseOrBuilder extends
 
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -18,7 +20,9 @@ public interface RerankResponseOrBuilder extends
       getResultsList();
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -26,7 +30,9 @@ public interface RerankResponseOrBuilder extends
   dev.matryoshka.rerank.v1.RerankResult getResults(int index);
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -34,7 +40,9 @@ public interface RerankResponseOrBuilder extends
   int getResultsCount();
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>
@@ -43,7 +51,9 @@ public interface RerankResponseOrBuilder extends
       getResultsOrBuilderList();
   /**
    * <pre>
-   * The documents sorted by score, best first (ties by index); the top_n best when top_n &gt; 0.
+   * The documents best first (ties by index): by score, or, when the documents carry
+   * first_stage_score, by the fusion of each document's calibrated score with its first-stage score
+   * (so scores need not descend); without those below min_score, the top_n best when top_n &gt; 0.
    * </pre>
    *
    * <code>repeated .matryoshka.v1.RerankResult results = 1;</code>

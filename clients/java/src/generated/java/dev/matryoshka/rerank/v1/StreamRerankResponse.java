@@ -70,7 +70,8 @@ private static final long serialVersionUID = 0L;
   private java.util.List<dev.matryoshka.rerank.v1.RerankResult> results_;
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *
@@ -82,7 +83,8 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *
@@ -95,7 +97,8 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *
@@ -107,7 +110,8 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *
@@ -119,7 +123,8 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *
@@ -956,7 +961,8 @@ private static final long serialVersionUID = 0L;
 
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -971,7 +977,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -986,7 +993,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1001,7 +1009,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1023,7 +1032,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1042,7 +1052,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1063,7 +1074,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1085,7 +1097,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1104,7 +1117,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1123,7 +1137,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1143,7 +1158,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1161,7 +1177,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1179,7 +1196,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1191,7 +1209,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1206,7 +1225,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1222,7 +1242,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1234,7 +1255,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *
@@ -1247,7 +1269,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+     * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+     * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
      * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
      * </pre>
      *

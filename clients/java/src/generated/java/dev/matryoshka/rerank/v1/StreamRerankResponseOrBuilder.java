@@ -19,7 +19,8 @@ public interface StreamRerankResponseOrBuilder extends
 
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *
@@ -29,7 +30,8 @@ public interface StreamRerankResponseOrBuilder extends
       getResultsList();
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *
@@ -38,7 +40,8 @@ public interface StreamRerankResponseOrBuilder extends
   dev.matryoshka.rerank.v1.RerankResult getResults(int index);
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *
@@ -47,7 +50,8 @@ public interface StreamRerankResponseOrBuilder extends
   int getResultsCount();
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *
@@ -57,7 +61,8 @@ public interface StreamRerankResponseOrBuilder extends
       getResultsOrBuilderList();
   /**
    * <pre>
-   * The ranking so far, best first by each candidate's latest score, the top_n best when top_n &gt; 0.
+   * The ranking so far, best first as in RerankResponse.results by each candidate's latest score
+   * (min_score is applied on the final message only), the top_n best when top_n &gt; 0.
    * Candidates still running have exit_reason EXIT_REASON_UNSPECIFIED.
    * </pre>
    *

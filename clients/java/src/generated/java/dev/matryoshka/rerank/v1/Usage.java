@@ -128,7 +128,8 @@ private static final long serialVersionUID = 0L;
   private int cacheHits_ = 0;
   /**
    * <pre>
-   * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+   * Rows (documents, or windows when chunked) answered from the cache with no compute (exit reason
+   * CACHE_HIT).
    * </pre>
    *
    * <code>int32 cache_hits = 6;</code>
@@ -143,7 +144,7 @@ private static final long serialVersionUID = 0L;
   private int cacheResumed_ = 0;
   /**
    * <pre>
-   * Documents resumed from a cached layer state and run deeper from there.
+   * Rows (documents, or windows when chunked) resumed from a cached layer state and run deeper.
    * </pre>
    *
    * <code>int32 cache_resumed = 7;</code>
@@ -895,7 +896,8 @@ private static final long serialVersionUID = 0L;
     private int cacheHits_ ;
     /**
      * <pre>
-     * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+     * Rows (documents, or windows when chunked) answered from the cache with no compute (exit reason
+     * CACHE_HIT).
      * </pre>
      *
      * <code>int32 cache_hits = 6;</code>
@@ -907,7 +909,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+     * Rows (documents, or windows when chunked) answered from the cache with no compute (exit reason
+     * CACHE_HIT).
      * </pre>
      *
      * <code>int32 cache_hits = 6;</code>
@@ -923,7 +926,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+     * Rows (documents, or windows when chunked) answered from the cache with no compute (exit reason
+     * CACHE_HIT).
      * </pre>
      *
      * <code>int32 cache_hits = 6;</code>
@@ -939,7 +943,7 @@ private static final long serialVersionUID = 0L;
     private int cacheResumed_ ;
     /**
      * <pre>
-     * Documents resumed from a cached layer state and run deeper from there.
+     * Rows (documents, or windows when chunked) resumed from a cached layer state and run deeper.
      * </pre>
      *
      * <code>int32 cache_resumed = 7;</code>
@@ -951,7 +955,7 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Documents resumed from a cached layer state and run deeper from there.
+     * Rows (documents, or windows when chunked) resumed from a cached layer state and run deeper.
      * </pre>
      *
      * <code>int32 cache_resumed = 7;</code>
@@ -967,7 +971,7 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Documents resumed from a cached layer state and run deeper from there.
+     * Rows (documents, or windows when chunked) resumed from a cached layer state and run deeper.
      * </pre>
      *
      * <code>int32 cache_resumed = 7;</code>

@@ -61,7 +61,8 @@ public interface UsageOrBuilder extends
 
   /**
    * <pre>
-   * Documents answered from the cache with no compute (exit reason CACHE_HIT).
+   * Rows (documents, or windows when chunked) answered from the cache with no compute (exit reason
+   * CACHE_HIT).
    * </pre>
    *
    * <code>int32 cache_hits = 6;</code>
@@ -71,7 +72,7 @@ public interface UsageOrBuilder extends
 
   /**
    * <pre>
-   * Documents resumed from a cached layer state and run deeper from there.
+   * Rows (documents, or windows when chunked) resumed from a cached layer state and run deeper.
    * </pre>
    *
    * <code>int32 cache_resumed = 7;</code>
