@@ -115,42 +115,31 @@ def _rerank_local(
 def _rerank_remote(
     target: str, query: str, documents: list[str], model: str, o: Options, timeout: float | None
 ) -> dict[str, Any]:
-    """The request the Python client builds, plus chunking and min_score, sent on a plain channel."""
-    import grpc
-
-    from matryoshka_client import RerankError, WidthStep
-    from matryoshka_client.convert import build_request, to_result
-    from matryoshka_client.proto import rerank_service_pb2 as pb
-    from matryoshka_client.proto import rerank_service_pb2_grpc as pb_grpc
+    """The same request through the Python client, on a plain channel."""
+    from matryoshka_client import Chunking, RerankClient, RerankError, WidthStep
 
     width = [WidthStep(layer, ratio=t.ratio, length=t.length) for layer, t in sorted(o.steps.items())]
-    request = build_request(
-        query, documents, model=model, depth=o.depth, width=width, top_n=o.top_n, return_documents=True
-    )
     tokens, overlap, aggregate = o.chunking
-    if tokens:
-        kind = pb.Aggregate.Value(f"AGGREGATE_{aggregate.upper()}")
-        request.chunking.CopyFrom(pb.Chunking(window_tokens=tokens, overlap_tokens=overlap, aggregate=kind))
-    if o.min_score is not None:
-        request.min_score = o.min_score
     try:
-        with grpc.insecure_channel(target) as channel:
-            response = pb_grpc.RerankServiceStub(channel).Rerank(request, timeout=timeout)
-    except grpc.RpcError as rpc_error:
-        exc = RerankError.from_rpc_error(rpc_error)
+        with RerankClient(target, timeout=timeout) as client:
+            result = client.rerank(
+                query,
+                documents,
+                model=model,
+                depth=o.depth,
+                width=width,
+                top_n=o.top_n,
+                return_documents=True,
+                chunking=Chunking(tokens, overlap, aggregate) if tokens else None,
+                min_score=o.min_score,
+            )
+    except RerankError as exc:
         lines = [
             f"{exc.code.name}: {exc.message}",
             *(f"  {v.field}: {v.description}" for v in exc.field_violations),
         ]
         fail("\n".join(lines), 1, exc)
-    payload = asdict(to_result(response))
-    payload["usage"]["rows"] = response.usage.rows  # fields the Python client does not map (yet)
-    for doc, sent in zip(payload["results"], response.results, strict=True):
-        w = sent.window
-        doc["window"] = (
-            dict(index=w.index, count=w.count, start=w.start, end=w.end) if sent.HasField("window") else None
-        )
-    return payload
+    return asdict(result)
 
 
 def _wait_serving(target: str, seconds: float) -> None:
