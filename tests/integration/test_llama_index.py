@@ -71,12 +71,21 @@ def captured() -> Iterator[Captured]:
     root.event_handlers.remove(handler)
 
 
-def test_sync_and_async_give_the_same_ranking(default_server: ServerProcess) -> None:
-    reranker = MatryoshkaPostprocessor(target=default_server.target, top_n=4)
+@pytest.mark.parametrize("send_retrieval_scores", [True, False])
+def test_sync_and_async_give_the_same_ranking(
+    default_server: ServerProcess, send_retrieval_scores: bool
+) -> None:
+    """With the retriever's scores (sent by default, the server fuses them in, so the order is the fused
+    one: retrieved() puts the answer third) and without (the re-ranker's own order: the answer first)."""
+    reranker = MatryoshkaPostprocessor(
+        target=default_server.target, top_n=4, send_retrieval_scores=send_retrieval_scores
+    )
     sync = reranker.postprocess_nodes(retrieved(), QUERY)
     aio = asyncio.run(reranker.apostprocess_nodes(retrieved(), QUERY))
     assert [n.node.node_id for n in sync] == [n.node.node_id for n in aio]
     assert [n.score for n in sync] == pytest.approx([n.score for n in aio], abs=1e-5)
+    if send_retrieval_scores:
+        return
     assert sync[0].node.node_id == "d2"
     scores = [n.score or 0.0 for n in sync]
     assert scores == sorted(scores, reverse=True)
