@@ -279,9 +279,8 @@ def eval_long(
     """Long documents: truncation vs chunking (windows aggregated by max/first/mean) at full depth on
     the same top-k lists; nDCG@10 beside rows, FLOPs and seconds per query; a TREC run each."""
     from matryoshka.engine.plan import Plan
+    from matryoshka.engine.reranker import Chunking, Truncation
     from matryoshka.eval.long_documents import Reading, candidate_lengths, compare_readings, format_readings
-    from matryoshka.model.prompt import Truncation
-    from matryoshka.model.window import Chunking
 
     chosen = [a.strip() for a in aggregates.split(",") if a.strip()]
     if any(a not in ("max", "first", "mean") for a in chosen):

@@ -84,8 +84,7 @@ def fit_fusion_command(
 ) -> None:
     """Fit each head layer's fusion weight on the recordings (full width, held-out data) and store it in
     the artifact's calibration."""
-    from matryoshka.eval.replay import fit_fusion, load_recording
-    from matryoshka.model.artifact import ArtifactError, set_fusion
+    from matryoshka.eval.replay import ArtifactError, fit_fusion, load_recording, store_fusion
 
     recordings = [load_recording(p) for p in recording]
     for path, rec in zip(recording, recordings, strict=True):
@@ -94,7 +93,7 @@ def fit_fusion_command(
     weights = fit_fusion([(rec, _qrels(rec)) for rec in recordings])
     sources = ", ".join(f"{r.meta['data']}:{r.meta['split']}" for r in recordings)
     try:
-        set_fusion(artifact, weights, sources)
+        store_fusion(artifact, weights, sources)
     except ArtifactError as exc:
         fail(f"error: {exc}", 2, exc)
     typer.echo(f"fusion weights {weights} (fitted on {sources}) -> {artifact}")
@@ -109,10 +108,6 @@ def _qrels(rec: object) -> dict[str, dict[str, int]]:
 
 
 def _fusion_weights(model: str, artifact: str | None) -> dict[int, float]:
-    from matryoshka.model.artifact import read_manifest, shipped_artifact
+    from matryoshka.eval.replay import shipped_fusion
 
-    path = Path(artifact) if artifact is not None else shipped_artifact(model)
-    if path is None:
-        return {}
-    fusion = read_manifest(Path(path))["calibration"].get("fusion", {})
-    return {int(k): float(v) for k, v in fusion.items()}
+    return shipped_fusion(model, artifact)

@@ -83,8 +83,7 @@ def _rerank_local(
     query: str, documents: list[str], model: str, o: Options, dtype: str, artifact: str | None
 ) -> dict[str, Any]:
     from matryoshka.engine.plan import Plan, PlanError
-    from matryoshka.engine.reranker import Reranker
-    from matryoshka.model.window import Chunking
+    from matryoshka.engine.reranker import Chunking, Reranker
 
     tokens, overlap, aggregate = o.chunking
     try:

@@ -26,8 +26,9 @@ from matryoshka.model.checkpoint import load_checkpoint
 from matryoshka.model.loading import BACKBONES, load_backbone
 from matryoshka.model.loading import DEFAULT_BACKBONE as DEFAULT_BACKBONE  # re-exported for callers
 from matryoshka.model.matryoshka_model import MatryoshkaModel, ModelInfo, Scoring
-from matryoshka.model.prompt import Truncation
-from matryoshka.model.window import Chunking, Window
+from matryoshka.model.prompt import Truncation as Truncation  # re-exported: the in-process API's inputs
+from matryoshka.model.window import Chunking as Chunking
+from matryoshka.model.window import Window
 
 ScoreType = Literal["probability", "logit"]
 

@@ -19,6 +19,8 @@ from matryoshka.engine.job import Job
 from matryoshka.engine.jobrun import JobRun
 from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
 from matryoshka.eval.metrics import evaluate
+from matryoshka.model.artifact import ArtifactError as ArtifactError  # re-exported: store_fusion raises it
+from matryoshka.model.artifact import read_manifest, set_fusion, shipped_artifact
 
 Row = dict[str, Any]  # one recorded pair (PairScores as JSON: layer keys are strings)
 
@@ -184,3 +186,18 @@ def replay_table(
             f"{plain.flops_saved:7.1%} {mean_exit:6.2f}"
         )
     return lines
+
+
+def store_fusion(artifact: Path, weights: dict[int, float], fitted_on: str) -> None:
+    """Write fitted fusion weights into the calibration of the artifact at `artifact` (ArtifactError
+    when it has no head at one of their layers)."""
+    set_fusion(artifact, weights, fitted_on)
+
+
+def shipped_fusion(model: str, artifact: str | None) -> dict[int, float]:
+    """The fusion weights of `artifact`, or of the artifact shipped for `model` ({} without one)."""
+    path = Path(artifact) if artifact is not None else shipped_artifact(model)
+    if path is None:
+        return {}
+    fusion = read_manifest(Path(path))["calibration"].get("fusion", {})
+    return {int(k): float(v) for k, v in fusion.items()}
