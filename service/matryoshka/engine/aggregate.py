@@ -113,10 +113,10 @@ class Grouping:
             scored = [o for o in windows if not math.isnan(o.probability) and o.exit_layer > 0]
             best = max(scored, key=lambda o: (o.probability, -o.index)) if scored else windows[0]
             probability, logit = best.probability, best.logit
-            if self.aggregate == "mean" and scored:
-                mean = calibrated_logits(torch.tensor([o.probability for o in scored], dtype=torch.float64))
-                logit = float(mean.mean())
-                probability = float(torch.sigmoid(mean.mean()))
+            if self.aggregate == "mean" and scored:  # each window's logit is already its calibrated one
+                mean = torch.tensor([o.logit for o in scored], dtype=torch.float64).mean()
+                logit = float(mean)
+                probability = float(torch.sigmoid(mean))
             running = any(o.exit_reason is None for o in windows)
             out.append(
                 Outcome(
