@@ -181,3 +181,15 @@ def test_a_confident_window_stops_its_document_in_the_engine(llama_model: Matryo
     assert sum(w.document == 0 for w in job.windows or []) > 1
     saved = full.usage.layer_tokens - early.usage.layer_tokens
     assert saved == (depth - 1) * doc0.tokens  # every window of document 0 left after layer 1
+
+
+def test_first_stage_scores_count_documents_not_windows(llama_model: MatryoshkaModel) -> None:
+    """A chunked job carries one first-stage score per document (not per window) and ranks by the
+    documents' fused keys."""
+    plan = Plan().resolve(llama_model.info)
+    job = Job(QUERY, LONG, plan, chunking=Chunking(6, 2, "max"), first_stage=[3.0, 2.0, 1.0])
+    (result,) = Executor(llama_model).run([job])
+    assert isinstance(result, JobResult)
+    assert result.usage.rows > len(LONG)
+    assert [o.index for o in result.outcomes] == [0, 1, 2]
+    assert all(o.fused is not None and o.window is not None for o in result.outcomes)

@@ -103,7 +103,7 @@ class Executor:
         depth = job.plan.depth
         if depth is None:
             raise ValueError("jobs need resolved plans (Plan.resolve)")
-        problem = check_first_stage(job.first_stage, len(pairs))
+        problem = check_first_stage(job.first_stage, len(job.documents))  # one per document, not per window
         if problem is not None:
             raise ValueError(f"first-stage scores: {problem}")
         query_tokens = sum(s == Segment.QUERY for s in pairs[0].segments) if pairs else 0
