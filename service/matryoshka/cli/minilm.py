@@ -77,3 +77,75 @@ def minilm_lens_command(
     typer.echo(json.dumps({"select": select, "max_queries": max_queries, **table}, indent=1))
     settings = {"fit": [str(p) for p in fit], "max_texts": max_texts, "ridge": ridge, "calibrate": calibrate}
     save_split_pair(result, out, command=command_line(), settings=settings, metrics={"select": table})
+
+
+def minilm_width_command(
+    artifact: Annotated[Path, typer.Option(help="Split-pair artifact to add width compensation to.")],
+    out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
+    data: Annotated[
+        list[str], typer.Option("--data", help="DIR:SPLIT whose queries and BM25 candidates are the rows.")
+    ],
+    structures: Annotated[
+        str,
+        typer.Option(
+            help="Width schedules trained in turn: ';' between them, LAYER:RATIO steps, e.g. '1:2;1:2,3:2'."
+        ),
+    ] = "1:2;1:2,3:2;2:2;2:2,4:2",
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 600,
+    depth: Annotated[int, typer.Option(min=2, help="BM25 candidates per query.")] = 30,
+    candidates: Annotated[int, typer.Option(min=2, help="Candidates of each query in a step's batch.")] = 8,
+    max_queries: Annotated[int | None, typer.Option(min=1, help="Queries per --data source.")] = None,
+    workdir: Annotated[Path, typer.Option(help="Teacher embeddings and checkpoints (resumable).")] = Path(
+        "out/minilm-width"
+    ),
+    dtype: Annotated[
+        str, typer.Option(help="Backbone dtype while training: auto (measured), bfloat16 or float32.")
+    ] = "auto",
+    plan: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Named plan the artifact defines: NAME=LAYER:RATIO,...[,exit-from=L][,depth=D], e.g. "
+            "'light=1:2,3:2'; repeatable."
+        ),
+    ] = None,
+) -> None:
+    """Train H-LoRA so merged widths score as the full width (train/width_compensation.py)."""
+    from matryoshka.data.datasets import DataError
+    from matryoshka.engine.dtype import DTYPES, choose_dtype
+    from matryoshka.train.width_compensation import (
+        WidthDistillConfig,
+        compensate_artifact,
+        parse_plan,
+        parse_structures,
+    )
+
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        typer.echo(f"[{time.perf_counter() - started:7.0f}s] {message}", err=True)
+
+    settings = {"data": data, "structures": structures, "steps": steps, "depth": depth, "dtype": dtype}
+    try:
+        plans = dict(parse_plan(p) for p in plan or [])
+        chosen = choose_dtype(dtype)
+        log(f"training in {chosen.name} ({chosen.reason})")
+        config = WidthDistillConfig(
+            structures=parse_structures(structures), steps=steps, candidates_per_query=candidates
+        )
+        compensate_artifact(
+            artifact,
+            out,
+            data,
+            config,
+            workdir,
+            depth=depth,
+            max_queries=max_queries,
+            dtype=DTYPES[chosen.name],
+            plans=plans,
+            log=log,
+            command=command_line(),
+            settings=settings,
+        )
+    except (DataError, ValueError) as exc:  # unusable data or artifact (ArtifactError is a ValueError)
+        fail(str(exc), cause=exc)
+    typer.echo(f"wrote {out} ({time.perf_counter() - started:.0f} s)")

@@ -16,6 +16,12 @@ Named plans, built from the model's shape (L = num_layers):
   #17): they save 33-41% of FLOPs but lose quality, below BM25 on held-out SciFact even fused with the
   first stage, so a budget-only request still runs the full plan under its budget.
 Depths snap to the nearest head layer at or below the wanted one (every layer has a head by default).
+
+An artifact may define any of these names for its own model (ModelInfo.plans, a PlanSpec each): the
+sub-structures it was trained for and selected on held-out data, e.g. the split-pair MiniLM's `light`
+and `adaptive` are width schedules its H-LoRA compensates, because its shallow layers do not rank
+(docs/results.md, issue #16). Such a definition replaces the generic one; exit thresholds still come
+from ExitConfig, and its `min_layer`, when None, from the definition.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from matryoshka.engine.plan import ConfidenceExit, Plan
-from matryoshka.model.matryoshka_model import ModelInfo
+from matryoshka.model.matryoshka_model import ModelInfo, PlanSpec
 from matryoshka.model.width import WidthTarget
 
 PLAN_NAMES = ("full", "light", "adaptive", "lean", "lean-short")
@@ -83,17 +89,31 @@ def lean_plan(info: ModelInfo, short: bool = False) -> Plan:
     return Plan(depth=depth, width={k: v for k, v in width.items() if k < depth})
 
 
+def defined_plan(info: ModelInfo, spec: PlanSpec, exits: ExitConfig | None) -> Plan:
+    """A plan an artifact defines; `exits` adds the confidence exit (from the definition's first exit
+    layer unless `exits.min_layer` is set, else from half depth)."""
+    width = {layer: WidthTarget(ratio=ratio) for layer, ratio in spec.width}
+    confidence = None
+    if exits is not None:
+        min_layer = exits.min_layer or spec.exit_min_layer or max(1, info.num_layers // 2)
+        confidence = ConfidenceExit(relevant=exits.relevant, irrelevant=exits.irrelevant, min_layer=min_layer)
+    return Plan(depth=spec.depth, width=width, confidence=confidence)
+
+
 def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> Plan:
-    """The plan called `name` (one of PLAN_NAMES) for this model."""
+    """The plan called `name` (one of PLAN_NAMES) for this model: the model's own definition if its
+    artifact has one, else the generic one."""
+    if name not in PLAN_NAMES:
+        raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLAN_NAMES)}")
+    if name in info.plans:
+        return defined_plan(info, info.plans[name], (exits or ExitConfig()) if name == "adaptive" else None)
     if name == "full":
         return Plan()
     if name == "light":
         return light_plan(info)
     if name == "adaptive":
         return adaptive_plan(info, exits)
-    if name in ("lean", "lean-short"):
-        return lean_plan(info, short=name == "lean-short")
-    raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLAN_NAMES)}")
+    return lean_plan(info, short=name == "lean-short")  # the lean family, the only names left
 
 
 def parse_plan_names(spec: str) -> list[str]:

@@ -29,7 +29,7 @@ from matryoshka.model.biencoder import CosineScorer
 from matryoshka.model.compensation import Compensation, CompensationConfig
 from matryoshka.model.heads import HeadScorer, QueryLikelihoodScorer, Scorer
 from matryoshka.model.loading import BACKBONES, LoadedBackbone, load_backbone, sha256_file
-from matryoshka.model.matryoshka_model import MatryoshkaModel
+from matryoshka.model.matryoshka_model import MatryoshkaModel, PlanSpec
 
 FORMAT = "matryoshka-artifact"
 FORMAT_VERSION = 1
@@ -123,6 +123,7 @@ def save_artifact(
         },
         "lora": lora.config if lora is not None else None,
         "compensation": _compensation_config(compensation),
+        "plans": {name: spec.to_json() for name, spec in sorted(model.plans.items())},
         "training": {"command": prov.command, "data": prov.data, "settings": prov.settings},
         "metrics": prov.metrics,
         "files": files,
@@ -207,6 +208,11 @@ def load_artifact(
         )
         compensation = Compensation(model.backbone, config)
         compensation.load_adapter_state({k: v.float() for k, v in tensors[COMPENSATION_FILE].items()})
+        model.merge_ratios = config.ratios
+    try:
+        model.plans = {name: PlanSpec.from_json(spec) for name, spec in manifest.get("plans", {}).items()}
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"{path}: bad `plans` in the manifest ({exc})") from exc
     model.calibration_version = cal["version"]
     model.fusion = {int(layer): float(w) for layer, w in cal.get("fusion", {}).items()}
     model.artifact_hash = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()

@@ -72,20 +72,22 @@ class FactorizedLoRALinear(nn.Module):
         self.use_h = True
 
     def forward(self, x: Tensor) -> Tensor:
+        # The adapters run in the activations' dtype (fp32 master weights cast per call): on CPUs with
+        # bf16 units an fp32 product costs ~25x a bf16 one and would dominate a bf16 model's layer.
         out: Tensor = self.base(x)
-        delta = torch.zeros((), dtype=torch.float32, device=x.device)
-        xf = x.float()
+        dtype = x.dtype
         if self.use_v:
-            delta = delta + (xf @ self.v_a.T) @ self.v_b.T
+            out = out + self.scale * ((x @ self.v_a.to(dtype).T) @ self.v_b.to(dtype).T)
         slots = self.slots
         if self.use_h and slots is not None and bool((slots >= 0).any()):
             # Rows are the first dimension: (batch, length, in) in layers, (batch, in) for anchor rows.
-            rows = xf if x.dim() == 3 else xf.unsqueeze(1)
+            rows = x if x.dim() == 3 else x.unsqueeze(1)
             pick = slots.clamp(min=0)
-            low = torch.einsum("bli,bri->blr", rows, self.h_a[pick])
-            h = torch.einsum("blr,bor->blo", low, self.h_b[pick]) * (slots >= 0).view(-1, 1, 1)
-            delta = delta + (h if x.dim() == 3 else h.squeeze(1))
-        return out + (self.scale * delta).to(out.dtype)
+            low = torch.einsum("bli,bri->blr", rows, self.h_a[pick].to(dtype))
+            h = torch.einsum("blr,bor->blo", low, self.h_b[pick].to(dtype))
+            h = h * (slots >= 0).view(-1, 1, 1).to(dtype)
+            out = out + self.scale * (h if x.dim() == 3 else h.squeeze(1))
+        return out
 
     def delta_weight(self, slot: int | None) -> Tensor:
         """The summed adapter as a dense weight update for one sub-structure (V + H of `slot`)."""
@@ -166,6 +168,8 @@ class Compensation(nn.Module):
                 )
             with torch.no_grad():
                 param.copy_(value)
+        for adapter in self.adapters():  # an exactly zero V-LoRA (H-LoRA-only training) costs nothing
+            adapter.use_v = bool(adapter.v_b.any())
 
 
 def _target_linears(block: nn.Module, targets: Sequence[str]) -> list[tuple[str, nn.Linear]]:

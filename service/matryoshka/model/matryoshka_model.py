@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -43,6 +43,39 @@ class ModelInfo:
     fingerprint: str  # backbone weights sha256, or sha256(backbone sha : artifact hash) with an artifact
     calibration_version: str
     merge_ratios: tuple[float, ...] = ()  # width ratios the model was trained to compress by
+    # named plans the model's artifact defines for itself (PlanSpec), overriding the generic ones
+    plans: Mapping[str, PlanSpec] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """A named plan as an artifact defines it: depth (None = full), width schedule (layer -> passage
+    ratio) and, for plans with a confidence exit, the first layer that may exit."""
+
+    depth: int | None = None
+    width: tuple[tuple[int, float], ...] = ()
+    exit_min_layer: int | None = None
+
+    @staticmethod
+    def from_json(spec: Mapping[str, Any]) -> PlanSpec:
+        """From a manifest's `plans` entry: {"depth": 6, "width": {"1": 2.0}, "exit_min_layer": 5}."""
+        unknown = set(spec) - {"depth", "width", "exit_min_layer"}
+        if unknown:
+            raise ValueError(f"unknown plan fields {sorted(unknown)}")
+        width = tuple(sorted((int(layer), float(ratio)) for layer, ratio in spec.get("width", {}).items()))
+        depth, exit_min = spec.get("depth"), spec.get("exit_min_layer")
+        return PlanSpec(
+            None if depth is None else int(depth), width, None if exit_min is None else int(exit_min)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest form (see `from_json`); unset fields are left out."""
+        out: dict[str, Any] = {"width": {str(layer): ratio for layer, ratio in self.width}}
+        if self.depth is not None:
+            out["depth"] = self.depth
+        if self.exit_min_layer is not None:
+            out["exit_min_layer"] = self.exit_min_layer
+        return out
 
 
 def make_template(name: str, tokenizer: Any, backbone: Backbone) -> PromptTemplate:
@@ -91,6 +124,7 @@ class MatryoshkaModel(nn.Module):
         # uniform windows at the ratios it was trained for (model/width.py).
         self.uniform_width = False
         self.merge_ratios: tuple[float, ...] = ()
+        self.plans: dict[str, PlanSpec] = {}  # named plans the artifact defines (PlanSpec)
         self.eval()
 
     @classmethod
@@ -178,6 +212,7 @@ class MatryoshkaModel(nn.Module):
             fingerprint=self.fingerprint,
             calibration_version=self.calibration_version,
             merge_ratios=self.merge_ratios,
+            plans=dict(self.plans),
         )
 
     def encode(self, query: str, passages: list[str], truncation: Truncation) -> list[EncodedPair]:

@@ -34,6 +34,7 @@ def compensate(
     if not any(s.width for s in config.structures):
         raise ValueError("compensation needs at least one compressed structure to train H-LoRA")
     adapters = model.backbone.compensation or Compensation(model.backbone, compensation)
+    adapters.enable()  # loading skips an all-zero V-LoRA; here it is trained
     params = {
         f"compensation.{name}": p
         for name, p in adapters.named_parameters()
