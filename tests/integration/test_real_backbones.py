@@ -179,3 +179,44 @@ def test_minilm_split_pair_is_the_sentence_transformers_bi_encoder(minilm_fp32) 
         got = torch.tensor([o.logit for o in sorted(result.outcomes, key=lambda o: o.index)])
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
         assert int(got.argmax()) == relevant
+
+
+def test_shipped_minilm_artifact_keeps_the_bi_encoder_and_compensates_its_own_plans() -> None:
+    """The packaged MiniLM artifact: the full plan is the raw bi-encoder's cosine (its V-LoRA is zero,
+    so only merged rows see adapters), the named plans are the artifact's width schedules, and on
+    them the trained H-LoRA changes the scores."""
+    from matryoshka.engine.named_plans import named_plan
+    from matryoshka.model.compensation import Compensation
+
+    shipped = Reranker.load("minilm-l6", dtype="float32")
+    raw = Reranker.load("minilm-l6", dtype="float32", scoring="cosine")
+    info = shipped.info
+    assert info.merge_ratios == (2.0, 4.0)
+    assert info.calibration_version != "identity"
+    light, adaptive = named_plan("light", info), named_plan("adaptive", info)
+    assert light == Plan(width={2: WidthTarget(ratio=2.0), 4: WidthTarget(ratio=2.0)})
+    assert adaptive.width == {1: WidthTarget(ratio=2.0), 3: WidthTarget(ratio=2.0)}
+    assert adaptive.confidence is not None
+    assert adaptive.confidence.min_layer == 5
+    compensation = shipped.model.backbone.compensation
+    assert isinstance(compensation, Compensation)
+    assert not any(a.use_v for a in compensation.adapters())  # zero V-LoRA: skipped
+
+    def scores(plan: Plan, horizontal: bool) -> torch.Tensor:
+        compensation.enable(vertical=False, horizontal=horizontal)
+        try:
+            return torch.tensor(
+                [
+                    [d.score for d in sorted(shipped.rerank(q, p, plan).results, key=lambda d: d.index)]
+                    for q, p in EASY
+                ]
+            )
+        finally:
+            compensation.enable(vertical=False, horizontal=True)
+
+    assert torch.equal(scores(Plan(), horizontal=True), scores(Plan(), horizontal=False))  # none merged
+    assert (scores(light, horizontal=True) - scores(light, horizontal=False)).abs().max() > 1e-3
+    for query, passages in EASY:  # same order as the raw bi-encoder's cosine
+        full = shipped.rerank(query, passages, Plan())
+        plain = raw.rerank(query, passages, Plan())
+        assert [d.index for d in full.results] == [d.index for d in plain.results]

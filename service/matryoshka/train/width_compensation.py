@@ -30,7 +30,7 @@ from torch import Tensor
 from matryoshka.data.datasets import document_text, load_collection
 from matryoshka.data.first_stage import first_stage
 from matryoshka.data.sources import DataSource, refuse_benchmark
-from matryoshka.model.artifact import Provenance, load_artifact, save_artifact
+from matryoshka.model.artifact import Provenance, load_artifact, read_manifest, save_artifact, set_fusion
 from matryoshka.model.biencoder import side_means
 from matryoshka.model.compensation import ENCODER_TARGETS, Compensation, CompensationConfig
 from matryoshka.model.matryoshka_model import MatryoshkaModel, PlanSpec
@@ -193,7 +193,11 @@ def compensate_artifact(
     groups = candidate_groups(model, sources, depth, max_queries)
     log(f"{len(groups)} queries, {sum(len(g.rows) for g in groups)} rows")
     train_width_compensation(model, groups, config, workdir, log)
-    save_artifact(model, out, provenance=Provenance(command, {}, settings, {}))
+    base = read_manifest(artifact)  # the lineage: what made the lens, calibration and fusion weights
+    lineage = {**settings, "base": base["training"]}
+    save_artifact(model, out, provenance=Provenance(command, {}, lineage, {"base": base["metrics"]}))
+    if model.fusion and "fusion_fitted_on" in base["calibration"]:
+        set_fusion(out, model.fusion, base["calibration"]["fusion_fitted_on"])
 
 
 def parse_schedule(spec: str) -> dict[int, float]:
