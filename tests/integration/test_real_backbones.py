@@ -195,9 +195,9 @@ def test_shipped_minilm_artifact_keeps_the_bi_encoder_and_compensates_its_own_pl
     assert info.calibration_version != "identity"
     light, adaptive = named_plan("light", info), named_plan("adaptive", info)
     assert light == Plan(width={2: WidthTarget(ratio=2.0), 4: WidthTarget(ratio=2.0)})
-    assert adaptive.width == {1: WidthTarget(ratio=2.0), 3: WidthTarget(ratio=2.0)}
-    assert adaptive.confidence is not None
-    assert adaptive.confidence.min_layer == 5
+    assert adaptive.width == light.width
+    assert adaptive.cascade is not None
+    assert (adaptive.cascade.top_n, adaptive.cascade.min_layer) == (30, 4)
     compensation = shipped.model.backbone.compensation
     assert isinstance(compensation, Compensation)
     assert not any(a.use_v for a in compensation.adapters())  # zero V-LoRA: skipped

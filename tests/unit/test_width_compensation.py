@@ -15,7 +15,7 @@ from matryoshka.cli import app
 from matryoshka.engine.executor import Executor
 from matryoshka.engine.job import Job, JobResult
 from matryoshka.engine.named_plans import ExitConfig, named_plan
-from matryoshka.engine.plan import Plan
+from matryoshka.engine.plan import CascadeExit, Plan
 from matryoshka.model import artifact
 from matryoshka.model.artifact import ArtifactError, load_artifact, read_manifest, save_artifact
 from matryoshka.model.loading import BackboneSpec, LoadedBackbone
@@ -48,6 +48,12 @@ def test_width_specs_parse_and_bad_ones_are_refused() -> None:
         PlanSpec(width=((1, 2.0), (3, 2.0)), exit_min_layer=5),
     )
     assert parse_plan("light=depth=4") == ("light", PlanSpec(depth=4))
+    assert parse_plan("adaptive=2:2,cascade-top=30,cascade-from=4") == (
+        "adaptive",
+        PlanSpec(width=((2, 2.0),), cascade_top_n=30, cascade_min_layer=4),
+    )
+    with pytest.raises(ValueError, match="go together"):
+        parse_plan("adaptive=2:2,cascade-top=30")
     for bad in ("2@1", "1:x", "x:2", ""):
         with pytest.raises(ValueError, match="LAYER:RATIO"):
             parse_schedule(bad)
@@ -135,12 +141,14 @@ def test_minilm_width_writes_compensation_and_plans_and_resumes(
     args += ["--data", f"{eval_collection}:test", "--depth", "4", "--candidates", "2", "--steps", "3"]
     args += ["--structures", "1:2;1:2,2:2", "--dtype", "float32", "--workdir", str(tmp_path / "w")]
     args += ["--plan", "light=1:2,2:2", "--plan", "adaptive=1:2,exit-from=2"]
+    args += ["--plan", "lean=1:2,cascade-top=2,cascade-from=2"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     manifest = read_manifest(tmp_path / "art")
     assert manifest["compensation"]["ratios"] == [2.0, 4.0]
     assert manifest["plans"] == {
         "adaptive": {"exit_min_layer": 2, "width": {"1": 2.0}},
+        "lean": {"cascade_min_layer": 2, "cascade_top_n": 2, "width": {"1": 2.0}},
         "light": {"width": {"1": 2.0, "2": 2.0}},
     }
     model = load_artifact(tmp_path / "art")
@@ -152,6 +160,9 @@ def test_minilm_width_writes_compensation_and_plans_and_resumes(
     assert adaptive.confidence is not None
     assert (adaptive.confidence.min_layer, adaptive.confidence.irrelevant) == (2, 0.1)
     assert named_plan("adaptive", info, ExitConfig(min_layer=3)).confidence.min_layer == 3  # type: ignore[union-attr]
+    lean = named_plan("lean", info, ExitConfig())
+    assert lean.confidence is None  # the definition has no confidence exit
+    assert lean.cascade == CascadeExit(top_n=2, margin=0.0, patience=3, min_layer=2)
     assert named_plan("full", info) == Plan()  # not defined by the artifact: the generic one
     base_model = load_artifact(base)
     assert torch.equal(logits(model, Plan()), logits(base_model, Plan()))

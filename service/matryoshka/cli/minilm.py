@@ -104,8 +104,9 @@ def minilm_width_command(
     plan: Annotated[
         list[str] | None,
         typer.Option(
-            help="Named plan the artifact defines: NAME=LAYER:RATIO,...[,exit-from=L][,depth=D], e.g. "
-            "'light=1:2,3:2'; repeatable."
+            help="Named plan the artifact defines: NAME=LAYER:RATIO,...[,OPTION=N] with options depth, "
+            "exit-from, cascade-top, cascade-from, e.g. 'adaptive=2:2,4:2,cascade-top=30,cascade-from=4'; "
+            "repeatable."
         ),
     ] = None,
 ) -> None:

@@ -19,16 +19,17 @@ Depths snap to the nearest head layer at or below the wanted one (every layer ha
 
 An artifact may define any of these names for its own model (ModelInfo.plans, a PlanSpec each): the
 sub-structures it was trained for and selected on held-out data, e.g. the split-pair MiniLM's `light`
-and `adaptive` are width schedules its H-LoRA compensates, because its shallow layers do not rank
-(docs/results.md, issue #16). Such a definition replaces the generic one; exit thresholds still come
-from ExitConfig, and its `min_layer`, when None, from the definition.
+and `adaptive` are width schedules its H-LoRA compensates, `adaptive` with a top-30 cascade from layer
+4, because its shallow layers do not rank (docs/results.md, issue #16). Such a definition replaces the
+generic one; where it has a confidence exit, the thresholds still come from ExitConfig (and the first
+layer, when ExitConfig's is None, from the definition).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from matryoshka.engine.plan import ConfidenceExit, Plan
+from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
 from matryoshka.model.matryoshka_model import ModelInfo, PlanSpec
 from matryoshka.model.width import WidthTarget
 
@@ -90,14 +91,20 @@ def lean_plan(info: ModelInfo, short: bool = False) -> Plan:
 
 
 def defined_plan(info: ModelInfo, spec: PlanSpec, exits: ExitConfig | None) -> Plan:
-    """A plan an artifact defines; `exits` adds the confidence exit (from the definition's first exit
-    layer unless `exits.min_layer` is set, else from half depth)."""
+    """A plan an artifact defines. Where it has a confidence exit, `exits` gives its thresholds (and
+    its first layer, if set); its cascade drops, from its layer on, every candidate whose probability
+    is below the top-n's (margin 0) and never stops the request early."""
     width = {layer: WidthTarget(ratio=ratio) for layer, ratio in spec.width}
-    confidence = None
-    if exits is not None:
-        min_layer = exits.min_layer or spec.exit_min_layer or max(1, info.num_layers // 2)
+    confidence = cascade = None
+    if spec.exit_min_layer is not None:
+        exits = exits or ExitConfig()
+        min_layer = exits.min_layer or spec.exit_min_layer
         confidence = ConfidenceExit(relevant=exits.relevant, irrelevant=exits.irrelevant, min_layer=min_layer)
-    return Plan(depth=spec.depth, width=width, confidence=confidence)
+    if spec.cascade_top_n is not None and spec.cascade_min_layer is not None:
+        cascade = CascadeExit(
+            top_n=spec.cascade_top_n, margin=0.0, patience=info.num_layers, min_layer=spec.cascade_min_layer
+        )
+    return Plan(depth=spec.depth, width=width, confidence=confidence, cascade=cascade)
 
 
 def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> Plan:
@@ -106,7 +113,7 @@ def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> P
     if name not in PLAN_NAMES:
         raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLAN_NAMES)}")
     if name in info.plans:
-        return defined_plan(info, info.plans[name], (exits or ExitConfig()) if name == "adaptive" else None)
+        return defined_plan(info, info.plans[name], exits)
     if name == "full":
         return Plan()
     if name == "light":

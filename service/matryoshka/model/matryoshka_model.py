@@ -50,32 +50,36 @@ class ModelInfo:
 @dataclass(frozen=True)
 class PlanSpec:
     """A named plan as an artifact defines it: depth (None = full), width schedule (layer -> passage
-    ratio) and, for plans with a confidence exit, the first layer that may exit."""
+    ratio), the first layer of a confidence exit (None = no confidence exit) and a top-n cascade
+    (candidates that cannot reach the `cascade_top_n` best stop, from `cascade_min_layer` on)."""
 
     depth: int | None = None
     width: tuple[tuple[int, float], ...] = ()
     exit_min_layer: int | None = None
+    cascade_top_n: int | None = None
+    cascade_min_layer: int | None = None
 
     @staticmethod
     def from_json(spec: Mapping[str, Any]) -> PlanSpec:
-        """From a manifest's `plans` entry: {"depth": 6, "width": {"1": 2.0}, "exit_min_layer": 5}."""
-        unknown = set(spec) - {"depth", "width", "exit_min_layer"}
+        """From a manifest's `plans` entry, e.g. {"width": {"2": 2.0}, "cascade_top_n": 30,
+        "cascade_min_layer": 4}; fields as the dataclass's."""
+        unknown = set(spec) - {"width", *INTEGER_PLAN_FIELDS}
         if unknown:
             raise ValueError(f"unknown plan fields {sorted(unknown)}")
         width = tuple(sorted((int(layer), float(ratio)) for layer, ratio in spec.get("width", {}).items()))
-        depth, exit_min = spec.get("depth"), spec.get("exit_min_layer")
-        return PlanSpec(
-            None if depth is None else int(depth), width, None if exit_min is None else int(exit_min)
-        )
+        numbers = {k: int(spec[k]) for k in INTEGER_PLAN_FIELDS if spec.get(k) is not None}
+        if (numbers.get("cascade_top_n") is None) != (numbers.get("cascade_min_layer") is None):
+            raise ValueError("cascade_top_n and cascade_min_layer go together")
+        return PlanSpec(width=width, **numbers)
 
     def to_json(self) -> dict[str, Any]:
         """The manifest form (see `from_json`); unset fields are left out."""
         out: dict[str, Any] = {"width": {str(layer): ratio for layer, ratio in self.width}}
-        if self.depth is not None:
-            out["depth"] = self.depth
-        if self.exit_min_layer is not None:
-            out["exit_min_layer"] = self.exit_min_layer
+        out.update({k: getattr(self, k) for k in INTEGER_PLAN_FIELDS if getattr(self, k) is not None})
         return out
+
+
+INTEGER_PLAN_FIELDS = ("depth", "exit_min_layer", "cascade_top_n", "cascade_min_layer")
 
 
 def make_template(name: str, tokenizer: Any, backbone: Backbone) -> PromptTemplate:

@@ -226,20 +226,30 @@ def parse_structures(spec: str) -> tuple[Schedule, ...]:
     return tuple(schedules)
 
 
+PLAN_OPTIONS = {
+    "depth": "depth",
+    "exit-from": "exit_min_layer",
+    "cascade-top": "cascade_top_n",
+    "cascade-from": "cascade_min_layer",
+}
+
+
 def parse_plan(spec: str) -> tuple[str, PlanSpec]:
-    """'adaptive=1:2,3:2,exit-from=5' -> ("adaptive", PlanSpec(width={1: 2, 3: 2}, exit_min_layer=5)):
-    width steps LAYER:RATIO and the options exit-from=LAYER and depth=LAYER, commas between them."""
+    """'adaptive=2:2,4:2,cascade-top=30,cascade-from=4' -> ("adaptive", PlanSpec(...)): width steps
+    LAYER:RATIO and the options depth, exit-from, cascade-top, cascade-from (=N), commas between."""
     name, sep, rest = spec.partition("=")
     if not sep or not name.strip():
-        raise ValueError(f"plan {spec!r}: want NAME=LAYER:RATIO,...[,exit-from=L][,depth=D]")
+        raise ValueError(
+            f"plan {spec!r}: want NAME=LAYER:RATIO,...[,OPTION=N] (options {', '.join(PLAN_OPTIONS)})"
+        )
     items = [item.strip() for item in rest.split(",") if item.strip()]
     steps = [item for item in items if "=" not in item]
     fields: dict[str, Any] = {"width": parse_schedule(",".join(steps)) if steps else {}}
     for option in (item for item in items if "=" in item):
         key, _, value = option.partition("=")
-        if key not in ("exit-from", "depth") or not value.isdigit():
-            raise ValueError(f"plan {spec!r}: unknown option {option!r} (exit-from=L, depth=D)")
-        fields["exit_min_layer" if key == "exit-from" else "depth"] = int(value)
+        if key not in PLAN_OPTIONS or not value.isdigit():
+            raise ValueError(f"plan {spec!r}: unknown option {option!r} (options {', '.join(PLAN_OPTIONS)})")
+        fields[PLAN_OPTIONS[key]] = int(value)
     return name.strip(), PlanSpec.from_json(fields)
 
 
