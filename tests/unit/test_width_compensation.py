@@ -199,3 +199,21 @@ def test_a_bad_plans_entry_in_a_manifest_is_an_artifact_error(
     (base / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="bad `plans`"):
         load_artifact(base)
+
+
+def test_teacher_embeddings_are_reused_only_for_the_same_rows_and_weights(
+    tmp_path: Path, eval_collection: Path, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    source = [f"{eval_collection}:test"]
+    config = WidthDistillConfig(structures=({1: WidthTarget(ratio=2.0)},), steps=1, candidates_per_query=2)
+    logs: list[str] = []
+    for fingerprint in ("a" * 64, "a" * 64, "b" * 64):
+        model = MatryoshkaModel.from_hf(
+            "minilm-l6", tiny_bert(), tiny_tokenizer, scoring="cosine", fingerprint=fingerprint
+        )
+        (tmp_path / "w" / "checkpoint.pt").unlink(missing_ok=True)
+        groups = candidate_groups(model, source, 4, None)
+        train_width_compensation(model, groups, config, tmp_path / "w", logs.append)
+    stale = [line for line in logs if "recomputing" in line]
+    assert len(stale) == 1  # the second run reused the first's, the third had other weights
+    assert not list((tmp_path / "w").glob("*.partial"))

@@ -17,6 +17,8 @@ checkpointed there, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -160,10 +163,12 @@ def train_width_compensation(
         if step % 10 == 0:
             log(f"step {step}/{config.steps} loss {loss.item():.4f} ({_label(structure)})")
         if step % config.checkpoint_every == 0 or step == config.steps:
+            partial = workdir / "checkpoint.pt.partial"  # renamed into place: a kill never leaves half a file
             torch.save(
                 {"step": step, "adapters": compensation.adapter_state(), "optimizer": optimizer.state_dict()},
-                workdir / "checkpoint.pt",
+                partial,
             )
+            partial.replace(workdir / "checkpoint.pt")
     for p in params:
         p.requires_grad_(False)
     return compensation
@@ -271,11 +276,17 @@ def _teacher_embeddings(
 ) -> list[Tensor]:
     """Per group, (rows, 2, hidden) full-width embeddings of the frozen model (computed once, on disk)."""
     sizes = [len(g.rows) for g in groups]
+    digest = hashlib.sha256(model.fingerprint.encode())
+    for group in groups:
+        for row in group.rows:
+            digest.update(json.dumps(row.input_ids).encode())
+    key = digest.hexdigest()  # what the embeddings depend on: the weights and every row's tokens
     if file.is_file():
-        flat = load_file(file)["embeddings"]
-        if flat.shape[0] == sum(sizes):
-            return list(flat.split(sizes))
-        log(f"{file}: made for other data; recomputing")
+        with safe_open(str(file), "pt") as stored:
+            fresh = (stored.metadata() or {}).get("rows") == key
+        if fresh:
+            return list(load_file(file)["embeddings"].split(sizes))
+        log(f"{file}: made for other rows or weights; recomputing")
     compensation.enable(vertical=False, horizontal=False)
     out = []
     with torch.no_grad():
@@ -284,7 +295,7 @@ def _teacher_embeddings(
             if (i + 1) % 100 == 0:
                 log(f"teacher {i + 1}/{len(groups)} queries")
     compensation.enable(vertical=False)
-    save_file({"embeddings": torch.cat(out).contiguous()}, file)
+    save_file({"embeddings": torch.cat(out).contiguous()}, file, metadata={"rows": key})
     return out
 
 
