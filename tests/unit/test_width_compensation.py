@@ -139,6 +139,7 @@ def test_minilm_width_writes_compensation_and_plans_and_resumes(
     base = base_artifact
     args = ["minilm-width", "--artifact", str(base), "--out", str(tmp_path / "art")]
     args += ["--data", f"{eval_collection}:test", "--depth", "4", "--candidates", "2", "--steps", "3"]
+    args += ["--queries", "2", "--lr", "0.01"]
     args += ["--structures", "1:2;1:2,2:2", "--dtype", "float32", "--workdir", str(tmp_path / "w")]
     args += ["--plan", "light=1:2,2:2", "--plan", "adaptive=1:2,exit-from=2"]
     args += ["--plan", "lean=1:2,cascade-top=2,cascade-from=2"]

@@ -94,6 +94,8 @@ def minilm_width_command(
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 600,
     depth: Annotated[int, typer.Option(min=2, help="BM25 candidates per query.")] = 30,
     candidates: Annotated[int, typer.Option(min=2, help="Candidates of each query in a step's batch.")] = 8,
+    queries: Annotated[int, typer.Option(min=1, help="Queries in a step's batch.")] = 4,
+    lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate of the adapters.")] = 1e-3,
     max_queries: Annotated[int | None, typer.Option(min=1, help="Queries per --data source.")] = None,
     workdir: Annotated[Path, typer.Option(help="Teacher embeddings and checkpoints (resumable).")] = Path(
         "out/minilm-width"
@@ -125,13 +127,25 @@ def minilm_width_command(
     def log(message: str) -> None:
         typer.echo(f"[{time.perf_counter() - started:7.0f}s] {message}", err=True)
 
-    settings = {"data": data, "structures": structures, "steps": steps, "depth": depth, "dtype": dtype}
+    settings = {
+        "data": data,
+        "structures": structures,
+        "steps": steps,
+        "depth": depth,
+        "dtype": dtype,
+        "batch": [queries, candidates],
+        "lr": lr,
+    }
     try:
         plans = dict(parse_plan(p) for p in plan or [])
         chosen = choose_dtype(dtype)
         log(f"training in {chosen.name} ({chosen.reason})")
         config = WidthDistillConfig(
-            structures=parse_structures(structures), steps=steps, candidates_per_query=candidates
+            structures=parse_structures(structures),
+            steps=steps,
+            candidates_per_query=candidates,
+            queries_per_batch=queries,
+            lr=lr,
         )
         compensate_artifact(
             artifact,
