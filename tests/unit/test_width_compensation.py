@@ -8,16 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 from transformers import PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
 from matryoshka.cli import app
+from matryoshka.cli.common import parse_width
+from matryoshka.cli.minilm import parse_plan, parse_structures
 from matryoshka.engine.executor import Executor
 from matryoshka.engine.job import Job, JobResult
 from matryoshka.engine.named_plans import ExitConfig, named_plan
 from matryoshka.engine.plan import CascadeExit, Plan
 from matryoshka.model import artifact
-from matryoshka.model.artifact import ArtifactError, load_artifact, read_manifest, save_artifact
+from matryoshka.model.artifact import ArtifactError, load_artifact, read_manifest, save_artifact, set_fusion
 from matryoshka.model.loading import BackboneSpec, LoadedBackbone
 from matryoshka.model.matryoshka_model import MatryoshkaModel, PlanSpec
 from matryoshka.model.width import WidthTarget
@@ -25,9 +28,6 @@ from matryoshka.train.width_compensation import (
     WidthDistillConfig,
     candidate_groups,
     distill_loss,
-    parse_plan,
-    parse_schedule,
-    parse_structures,
     side_embeddings,
     train_width_compensation,
 )
@@ -37,31 +37,38 @@ QUERY = "what is the capital of france"
 MERGED = Plan(width={1: WidthTarget(ratio=2.0)})
 
 
+def plan_spec(text: str) -> tuple[str, PlanSpec]:
+    name, fields = parse_plan(text)
+    return name, PlanSpec.from_json(fields)
+
+
 def test_width_specs_parse_and_bad_ones_are_refused() -> None:
-    assert parse_schedule("1:2, 3:2") == {1: 2.0, 3: 2.0}
+    assert parse_structures("1:2, 3:2") == ({1: WidthTarget(ratio=2.0), 3: WidthTarget(ratio=2.0)},)
     assert parse_structures("1:2;1:2,3:2") == (
         {1: WidthTarget(ratio=2.0)},
         {1: WidthTarget(ratio=2.0), 3: WidthTarget(ratio=2.0)},
     )
-    assert parse_plan("adaptive=1:2,3:2,exit-from=5") == (
+    assert plan_spec("adaptive=1:2,3:2,exit-from=5") == (
         "adaptive",
         PlanSpec(width=((1, 2.0), (3, 2.0)), exit_min_layer=5),
     )
-    assert parse_plan("light=depth=4") == ("light", PlanSpec(depth=4))
-    assert parse_plan("adaptive=2:2,cascade-top=30,cascade-from=4") == (
+    assert plan_spec("light=depth=4") == ("light", PlanSpec(depth=4))
+    assert plan_spec("adaptive=2:2,cascade-top=30,cascade-from=4") == (
         "adaptive",
         PlanSpec(width=((2, 2.0),), cascade_top_n=30, cascade_min_layer=4),
     )
     with pytest.raises(ValueError, match="go together"):
-        parse_plan("adaptive=2:2,cascade-top=30")
+        plan_spec("adaptive=2:2,cascade-top=30")
     for bad in ("2@1", "1:x", "x:2", ""):
-        with pytest.raises(ValueError, match="LAYER:RATIO"):
-            parse_schedule(bad)
-    with pytest.raises(ValueError, match="no width schedule"):
+        with pytest.raises(typer.BadParameter, match="LAYER:RATIO"):
+            parse_width([bad])
+    with pytest.raises(typer.BadParameter, match="no width schedule"):
         parse_structures(" ; ")
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(typer.BadParameter, match="unknown option"):
         parse_plan("light=1:2,exit=5")
-    with pytest.raises(ValueError, match="NAME="):
+    with pytest.raises(typer.BadParameter, match="unknown option"):
+        parse_plan("light=1:=128")  # a plan's width is LAYER:RATIO only
+    with pytest.raises(typer.BadParameter, match="NAME="):
         parse_plan("1:2")
 
 
@@ -137,6 +144,7 @@ def test_minilm_width_writes_compensation_and_plans_and_resumes(
     tmp_path: Path, eval_collection: Path, base_artifact: Path
 ) -> None:
     base = base_artifact
+    set_fusion(base, {3: 0.5}, "somewhere:train")
     args = ["minilm-width", "--artifact", str(base), "--out", str(tmp_path / "art")]
     args += ["--data", f"{eval_collection}:test", "--depth", "4", "--candidates", "2", "--steps", "3"]
     args += ["--queries", "2", "--lr", "0.01"]
@@ -147,6 +155,8 @@ def test_minilm_width_writes_compensation_and_plans_and_resumes(
     assert first.exit_code == 0, first.output
     manifest = read_manifest(tmp_path / "art")
     assert manifest["compensation"]["ratios"] == [2.0, 4.0]
+    assert manifest["calibration"]["fusion"] == {"3": 0.5}  # carried over by loading and saving
+    assert manifest["calibration"]["fusion_fitted_on"] == "somewhere:train"
     assert manifest["plans"] == {
         "adaptive": {"exit_min_layer": 2, "width": {"1": 2.0}},
         "lean": {"cascade_min_layer": 2, "cascade_top_n": 2, "width": {"1": 2.0}},

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from matryoshka.cli.common import command_line, fail
+from matryoshka.cli.common import command_line, fail, parse_width
+
+if TYPE_CHECKING:
+    from matryoshka.engine.plan import WidthTarget
 
 FitOpt = Annotated[
     list[Path], typer.Option("--fit", help="Collection whose corpus and queries fit the lens.")
@@ -115,12 +118,7 @@ def minilm_width_command(
     """Train H-LoRA so merged widths score as the full width (train/width_compensation.py)."""
     from matryoshka.data.datasets import DataError
     from matryoshka.engine.dtype import DTYPES, choose_dtype
-    from matryoshka.train.width_compensation import (
-        WidthDistillConfig,
-        compensate_artifact,
-        parse_plan,
-        parse_structures,
-    )
+    from matryoshka.train.width_compensation import WidthDistillConfig, compensate_artifact
 
     started = time.perf_counter()
 
@@ -164,3 +162,40 @@ def minilm_width_command(
     except (DataError, ValueError) as exc:  # unusable data or artifact (ArtifactError is a ValueError)
         fail(str(exc), cause=exc)
     typer.echo(f"wrote {out} ({time.perf_counter() - started:.0f} s)")
+
+
+PLAN_OPTIONS = {
+    "depth": "depth",
+    "exit-from": "exit_min_layer",
+    "cascade-top": "cascade_top_n",
+    "cascade-from": "cascade_min_layer",
+}
+
+
+def parse_structures(spec: str) -> tuple[dict[int, WidthTarget], ...]:
+    """'1:2;1:2,3:2' -> ({1: /2}, {1: /2, 3: /2}): width schedules as `--width` takes them, ';' between."""
+    schedules = tuple(parse_width(part.split(",")) for part in spec.split(";") if part.strip())
+    if not schedules:
+        raise typer.BadParameter(f"no width schedule in {spec!r}", param_hint="--structures")
+    return schedules
+
+
+def parse_plan(spec: str) -> tuple[str, dict[str, Any]]:
+    """'adaptive=2:2,4:2,cascade-top=30,cascade-from=4' -> ("adaptive", its manifest form): width steps
+    LAYER:RATIO and the options depth, exit-from, cascade-top, cascade-from (=N), commas between."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name.strip():
+        raise typer.BadParameter(
+            f"plan {spec!r}: want NAME=LAYER:RATIO,...[,OPTION=N] (options {', '.join(PLAN_OPTIONS)})"
+        )
+    items = [item.strip() for item in rest.split(",") if item.strip()]
+    width = parse_width([item for item in items if "=" not in item])  # LAYER:=LENGTH holds "=": an option
+    fields: dict[str, Any] = {"width": {layer: target.ratio for layer, target in width.items()}}
+    for option in (item for item in items if "=" in item):
+        key, _, value = option.partition("=")
+        if key not in PLAN_OPTIONS or not value.isdigit():
+            raise typer.BadParameter(
+                f"plan {spec!r}: unknown option {option!r} (options {', '.join(PLAN_OPTIONS)})"
+            )
+        fields[PLAN_OPTIONS[key]] = int(value)
+    return name.strip(), fields

@@ -120,6 +120,7 @@ def save_artifact(
             "temperature": calibration.temperature.tolist(),
             "bias": calibration.bias.tolist(),
             **({"fusion": {str(k): v for k, v in sorted(model.fusion.items())}} if model.fusion else {}),
+            **({"fusion_fitted_on": model.fusion_fitted_on} if model.fusion_fitted_on else {}),
         },
         "lora": lora.config if lora is not None else None,
         "compensation": _compensation_config(compensation),
@@ -215,6 +216,7 @@ def load_artifact(
         raise ArtifactError(f"{path}: bad `plans` in the manifest ({exc})") from exc
     model.calibration_version = cal["version"]
     model.fusion = {int(layer): float(w) for layer, w in cal.get("fusion", {}).items()}
+    model.fusion_fitted_on = cal.get("fusion_fitted_on")
     model.artifact_hash = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
     model.to(loaded.model.device)
     model.eval()

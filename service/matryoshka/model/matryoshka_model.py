@@ -124,6 +124,7 @@ class MatryoshkaModel(nn.Module):
         # head layer -> weight of its calibrated score when fused with a first-stage score (engine/fusion.py);
         # shipped with the calibration; a layer not listed trusts its head alone
         self.fusion: dict[int, float] = {}
+        self.fusion_fitted_on: str | None = None  # the held-out data the fusion weights were fitted on
         # A checkpoint trained with its own token compression (lightweight re-rankers) merges in
         # uniform windows at the ratios it was trained for (model/width.py).
         self.uniform_width = False

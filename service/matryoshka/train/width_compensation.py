@@ -33,7 +33,7 @@ from torch import Tensor
 from matryoshka.data.datasets import document_text, load_collection
 from matryoshka.data.first_stage import first_stage
 from matryoshka.data.sources import DataSource, refuse_benchmark
-from matryoshka.model.artifact import Provenance, load_artifact, read_manifest, save_artifact, set_fusion
+from matryoshka.model.artifact import Provenance, load_artifact, read_manifest, save_artifact
 from matryoshka.model.biencoder import side_means
 from matryoshka.model.compensation import ENCODER_TARGETS, Compensation, CompensationConfig
 from matryoshka.model.matryoshka_model import MatryoshkaModel, PlanSpec
@@ -184,78 +184,23 @@ def compensate_artifact(
     depth: int,
     max_queries: int | None,
     dtype: torch.dtype,
-    plans: Mapping[str, PlanSpec],
+    plans: Mapping[str, Mapping[str, Any]],
     log: Log,
     command: str,
     settings: dict[str, Any],
 ) -> None:
     """Load a split-pair artifact, train its width compensation on `sources` and write it to `out`
-    with the named `plans` it defines (engine/named_plans.py)."""
+    with the named `plans` it defines (manifest form, PlanSpec.from_json; engine/named_plans.py)."""
     model = load_artifact(artifact, dtype=dtype)
-    model.plans = {**model.plans, **plans}
     if model.scorer.name != "cosine":
         raise ValueError(f"{artifact}: scores by {model.scorer.name}; this trains split-pair (cosine) models")
+    model.plans = {**model.plans, **{name: PlanSpec.from_json(spec) for name, spec in plans.items()}}
     groups = candidate_groups(model, sources, depth, max_queries)
     log(f"{len(groups)} queries, {sum(len(g.rows) for g in groups)} rows")
     train_width_compensation(model, groups, config, workdir, log)
     base = read_manifest(artifact)  # the lineage: what made the lens, calibration and fusion weights
     lineage = {**settings, "base": base["training"]}
     save_artifact(model, out, provenance=Provenance(command, {}, lineage, {"base": base["metrics"]}))
-    if model.fusion and "fusion_fitted_on" in base["calibration"]:
-        set_fusion(out, model.fusion, base["calibration"]["fusion_fitted_on"])
-
-
-def parse_schedule(spec: str) -> dict[int, float]:
-    """'1:2,3:2' -> {1: 2.0, 3: 2.0}: LAYER:RATIO steps (as `eval record --width`), a comma between them."""
-    schedule = {}
-    for step in spec.split(","):
-        layer, sep, ratio = step.strip().partition(":")
-        try:
-            schedule[int(layer)] = float(ratio)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"width step {step!r}: want LAYER:RATIO, e.g. 1:2")
-    return schedule
-
-
-def parse_structures(spec: str) -> tuple[Schedule, ...]:
-    """'1:2;1:2,3:2' -> ({1: /2}, {1: /2, 3: /2}): ';' between schedules."""
-    schedules = [
-        {layer: WidthTarget(ratio=r) for layer, r in parse_schedule(part).items()}
-        for part in (p.strip() for p in spec.split(";"))
-        if part
-    ]
-    if not schedules:
-        raise ValueError(f"no width schedule in {spec!r}")
-    return tuple(schedules)
-
-
-PLAN_OPTIONS = {
-    "depth": "depth",
-    "exit-from": "exit_min_layer",
-    "cascade-top": "cascade_top_n",
-    "cascade-from": "cascade_min_layer",
-}
-
-
-def parse_plan(spec: str) -> tuple[str, PlanSpec]:
-    """'adaptive=2:2,4:2,cascade-top=30,cascade-from=4' -> ("adaptive", PlanSpec(...)): width steps
-    LAYER:RATIO and the options depth, exit-from, cascade-top, cascade-from (=N), commas between."""
-    name, sep, rest = spec.partition("=")
-    if not sep or not name.strip():
-        raise ValueError(
-            f"plan {spec!r}: want NAME=LAYER:RATIO,...[,OPTION=N] (options {', '.join(PLAN_OPTIONS)})"
-        )
-    items = [item.strip() for item in rest.split(",") if item.strip()]
-    steps = [item for item in items if "=" not in item]
-    fields: dict[str, Any] = {"width": parse_schedule(",".join(steps)) if steps else {}}
-    for option in (item for item in items if "=" in item):
-        key, _, value = option.partition("=")
-        if key not in PLAN_OPTIONS or not value.isdigit():
-            raise ValueError(f"plan {spec!r}: unknown option {option!r} (options {', '.join(PLAN_OPTIONS)})")
-        fields[PLAN_OPTIONS[key]] = int(value)
-    return name.strip(), PlanSpec.from_json(fields)
 
 
 def _compression(structure: Schedule) -> float:
