@@ -120,6 +120,18 @@ def test_the_cascade_compares_documents_and_drops_windows_that_cannot_lift_their
     assert decided == {1: ExitReason.CASCADE, 3: ExitReason.CASCADE, 4: ExitReason.CASCADE}
 
 
+def test_ranked_with_the_first_stage_only_whole_documents_drop() -> None:
+    """The same documents ranked by a standing (fusion): document 2 drops whole, but no window stops
+    alone, since its key depends on the other documents' scores, not on its own probability only."""
+    rows = [window(0, 0, 2), window(0, 1, 2), window(1, 0, 2), window(1, 1, 2), window(2, 0, 1)]
+    g = Grouping(rows, 3, "max")
+    schedule = ExitSchedule(Plan(depth=4, cascade=CascadeExit(top_n=1, margin=0.1, patience=10)))
+    probs = torch.tensor([0.8, 0.3, 0.75, 0.2, 0.5], dtype=torch.float64)
+    documents = g.probabilities(probs)
+    decided = g.decide(schedule, 1, probs, torch.ones(5, dtype=torch.bool), lambda lift: documents + lift)
+    assert decided == {4: ExitReason.CASCADE}
+
+
 def test_document_outcomes_run_until_every_window_is_done() -> None:
     g = Grouping([window(0, 0, 2), window(0, 1, 2)], 1, "max")
     rows = [

@@ -119,6 +119,26 @@ def test_cascade_threshold_counts_exited_candidates_scores() -> None:
     assert decisions == {1: R.CASCADE, 2: R.CASCADE}
 
 
+def test_cascade_ranks_by_the_standing_it_is_given_and_lifts_by_probability() -> None:
+    """With a standing (fusion), the n-th best is taken on its keys, and a candidate stops only if its
+    key with `margin` more probability stays below it."""
+    cascade = TopNCascade(CascadeExit(top_n=1, margin=0.1, patience=100))
+    p = probs(0.9, 0.2, 0.5, NAN)
+    first_stage = probs(0.0, 10.0, 0.0, 5.0)  # a stand-in key: probability + first-stage bonus
+
+    def standing(lift: float) -> torch.Tensor:
+        return p + lift + first_stage
+
+    # keys 0.9, 10.2, 0.5: candidate 1 leads; by probability alone it would be the one to drop
+    assert cascade.decide(1, p, everyone(4), standing) == {0: R.CASCADE, 2: R.CASCADE}
+    assert TopNCascade(CascadeExit(top_n=1, margin=0.1, patience=100)).decide(1, p, everyone(4)) == {
+        1: R.CASCADE,
+        2: R.CASCADE,
+    }
+    lifted = TopNCascade(CascadeExit(top_n=1, margin=9.5, patience=100))  # 0.9 + 9.5 >= 10.2: stays
+    assert lifted.decide(1, p, everyone(4), standing) == {2: R.CASCADE}
+
+
 @pytest.mark.parametrize(
     "p",
     [probs(0.9, 0.01, NAN, NAN), probs(0.9, 0.01), probs(0.9, NAN, NAN, NAN, NAN)],

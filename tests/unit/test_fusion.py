@@ -10,9 +10,9 @@ import torch
 
 from matryoshka.engine.executor import Executor
 from matryoshka.engine.exits import ExitReason
-from matryoshka.engine.fusion import check_first_stage, fused_keys, zscores
+from matryoshka.engine.fusion import check_first_stage, fused_keys, fused_standing, zscores
 from matryoshka.engine.job import Job, JobFailedError, JobResult
-from matryoshka.engine.plan import Budget, Plan
+from matryoshka.engine.plan import Budget, CascadeExit, Plan
 from matryoshka.engine.reranker import rank
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from tests.conftest import PASSAGES
@@ -96,3 +96,49 @@ def test_first_stage_scores_that_do_not_fit_fail_the_job(llama_model: Matryoshka
     )
     assert isinstance(result, JobFailedError)
     assert "first-stage scores" in str(result)
+
+
+def test_standing_at_lift_zero_is_the_ranking_key_and_a_lift_raises_only_scored_rows() -> None:
+    probs = torch.tensor([0.8, math.nan, 0.2, 0.5], dtype=torch.float64)
+    layers = torch.tensor([3, 0, 3, 2])
+    first = [0.0, 9.0, 1.0, -5.0]
+    weights = {3: 0.5, 2: 0.25}
+    standing = fused_standing(probs, layers, first, weights)
+    assert standing(0.0).tolist() == pytest.approx(
+        fused_keys(probs.tolist(), layers.tolist(), first, weights)
+    )
+    raised = standing(0.1) - standing(0.0)
+    assert raised[1] == 0.0  # no head reached it: its key is the first stage's
+    assert bool((raised[[0, 2, 3]] > 0).all())
+    # the z-scoring stays that of the probabilities as they are: the lifted key is the logit moved alone
+    c = torch.logit(probs[[0, 2, 3]])
+    expected = 0.5 * (
+        (torch.logit(torch.tensor(0.3, dtype=torch.float64)) - c.mean()) / c.std(unbiased=False)
+    )
+    assert float(
+        standing(0.1)[2] - 0.5 * zscores(torch.tensor(first, dtype=torch.float64))[2]
+    ) == pytest.approx(float(expected))
+
+
+def test_with_first_stage_scores_the_cascade_keeps_what_the_fused_ranking_puts_on_top(
+    llama_model: MatryoshkaModel,
+) -> None:
+    """A top-2 cascade at the first head layer: by probability it keeps the head's top 2; fused with
+    a retriever that trusts other documents (weight 0.1 at every head) it keeps the fused top 2."""
+    layer = llama_model.info.head_layers[0]
+    plan = Plan(cascade=CascadeExit(top_n=2, margin=0.0, patience=99, min_layer=layer))
+    depth_one = run(llama_model, Plan(depth=layer), None)
+    by_head = sorted(range(len(PASSAGES)), key=lambda i: -depth_one.outcomes[i].probability)
+    first = [0.0] * len(PASSAGES)
+    favoured = by_head[-2:]  # the head's two worst
+    for i in favoured:
+        first[i] = 100.0
+    plain = run(llama_model, plan, None)
+    assert {o.index for o in plain.outcomes if o.exit_layer > layer} == set(by_head[:2])
+    llama_model.fusion = dict.fromkeys(llama_model.info.head_layers, 0.1)
+    try:
+        fused = run(llama_model, plan, first)
+    finally:
+        llama_model.fusion = {}
+    assert {o.index for o in fused.outcomes if o.exit_layer > layer} == set(favoured)
+    assert all(o.exit_reason is ExitReason.CASCADE for o in fused.outcomes if o.index not in favoured)

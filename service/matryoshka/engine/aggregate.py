@@ -19,7 +19,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from matryoshka.engine.exits import ConfidencePolicy, Decisions, ExitReason, ExitSchedule, TopNCascade
+from matryoshka.engine.exits import (
+    ConfidencePolicy,
+    Decisions,
+    ExitReason,
+    ExitSchedule,
+    Standing,
+    TopNCascade,
+)
 from matryoshka.engine.job import Outcome
 from matryoshka.model.window import Aggregate, Window
 
@@ -66,27 +73,42 @@ class Grouping:
             out[d] = self._aggregate(p[~torch.isnan(p)])
         return out
 
-    def decide(self, schedule: ExitSchedule, layer: int, probs: Tensor, active: Tensor) -> Decisions:
-        """Row decisions at `layer`: the schedule's decisions on documents, applied to their running
-        windows, then (under "max") windows that stop alone."""
+    def layers(self, exit_layers: Tensor) -> Tensor:
+        """(documents,) each document's latest scored layer: the deepest of its windows' (0 if none)."""
+        return torch.stack([exit_layers[rows].max() for rows in self.rows])
+
+    def decide(
+        self,
+        schedule: ExitSchedule,
+        layer: int,
+        probs: Tensor,
+        active: Tensor,
+        standing: Standing | None = None,
+    ) -> Decisions:
+        """Row decisions at `layer`: the schedule's decisions on documents (ranked for the cascade by
+        `standing`, see engine/exits.py), applied to their running windows, then (under "max") windows
+        that stop alone."""
         doc_probs = self.probabilities(probs)
         doc_active = torch.tensor([bool(active[rows].any()) for rows in self.rows], dtype=torch.bool)
         out: Decisions = {}
-        for d, reason in schedule.decide(layer, doc_probs, doc_active).items():
+        for d, reason in schedule.decide(layer, doc_probs, doc_active, standing).items():
             for r in self.rows[d].tolist():
                 if active[r]:
                     out[r] = reason
         if self.aggregate != "mean":
-            for r, reason in self._alone(schedule, layer, probs, active, doc_probs).items():
+            for r, reason in self._alone(
+                schedule, layer, probs, active, doc_probs, fused=standing is not None
+            ).items():
                 out.setdefault(r, reason)
         return out
 
     @staticmethod
     def _alone(
-        schedule: ExitSchedule, layer: int, probs: Tensor, active: Tensor, doc_probs: Tensor
+        schedule: ExitSchedule, layer: int, probs: Tensor, active: Tensor, doc_probs: Tensor, fused: bool
     ) -> Decisions:
-        """Windows that cannot change their document's max: confidently irrelevant ones, and those
-        whose probability plus the cascade's margin is below the n-th best document."""
+        """Windows that cannot change their document's max: confidently irrelevant ones, and (unless
+        documents are ranked fused with the first stage, where only whole documents drop) those whose
+        probability plus the cascade's margin is below the n-th best document."""
         out: Decisions = {}
         for policy in schedule.policies:
             if isinstance(policy, ConfidencePolicy):
@@ -94,7 +116,7 @@ class Grouping:
                 if c.irrelevant is not None and layer >= c.min_layer:
                     for i in (active & (probs <= c.irrelevant)).nonzero().flatten():
                         out.setdefault(int(i), ExitReason.CONFIDENT_IRRELEVANT)
-            elif isinstance(policy, TopNCascade):
+            elif isinstance(policy, TopNCascade) and not fused:
                 k = policy.config
                 scored = doc_probs[~torch.isnan(doc_probs)]
                 if layer < k.min_layer or scored.numel() <= k.top_n:

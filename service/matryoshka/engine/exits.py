@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -32,6 +33,9 @@ class ExitReason(StrEnum):
 
 
 Decisions = dict[int, ExitReason]
+Standing = Callable[
+    [float], Tensor
+]  # lift -> each candidate's ranking key were its probability `lift` higher
 
 
 class FixedDepth:
@@ -69,25 +73,31 @@ class ConfidencePolicy:
 
 
 class TopNCascade:
-    """Drop candidates that cannot reach the top-n by `margin`; stop once the top-n set is stable."""
+    """Drop candidates that cannot reach the top-n by `margin`; stop once the top-n set is stable.
+
+    Candidates are compared by their standing: the probability itself, or where the request carries
+    first-stage scores, the fused key it will be ranked by (engine/fusion.py). The margin is always a
+    probability: a candidate stops when even `margin` more probability would leave it below the n-th."""
 
     def __init__(self, config: CascadeExit) -> None:
         self.config = config
         self._last_top: frozenset[int] | None = None
         self._stable_for = 0
 
-    def decide(self, layer: int, probs: Tensor, active: Tensor) -> Decisions:
+    def decide(
+        self, layer: int, probs: Tensor, active: Tensor, standing: Standing | None = None
+    ) -> Decisions:
         """Cascade drops, or everyone left exits STABLE after `patience` unchanged layers."""
         c = self.config
         scored = ~torch.isnan(probs)
         if layer < c.min_layer or int(scored.sum()) <= c.top_n:
             return {}
-        ranked = torch.where(scored, probs, -math.inf)
-        top = torch.topk(ranked, c.top_n)
+        keys = standing(0.0) if standing is not None else probs
+        lifted = standing(c.margin) if standing is not None else probs + c.margin
+        top = torch.topk(torch.where(scored, keys, -math.inf), c.top_n)
         threshold = float(top.values[-1])
         out: Decisions = {
-            int(i): ExitReason.CASCADE
-            for i in (active & scored & (probs + c.margin < threshold)).nonzero().flatten()
+            int(i): ExitReason.CASCADE for i in (active & scored & (lifted < threshold)).nonzero().flatten()
         }
         top_set = frozenset(int(i) for i in top.indices)
         self._stable_for = self._stable_for + 1 if top_set == self._last_top else 0
@@ -141,12 +151,20 @@ class ExitSchedule:
             since = started if started is not None else time.monotonic()  # the budget counts from arrival
             self.budget = BudgetGuard(plan.budget or Budget(), started=since, hard_deadline=hard)
 
-    def decide(self, layer: int, probs: Tensor, active: Tensor) -> Decisions:
-        """Decisions of all policies at `layer`; the first policy to claim a candidate names the reason."""
+    def decide(
+        self, layer: int, probs: Tensor, active: Tensor, standing: Standing | None = None
+    ) -> Decisions:
+        """Decisions of all policies at `layer`; the first policy to claim a candidate names the reason.
+        `standing` ranks candidates for the cascade where it is not the probability (fusion)."""
         out: Decisions = {}
         remaining = active.clone()
         for policy in self.policies:
-            for i, reason in policy.decide(layer, probs, remaining).items():
+            decided = (
+                policy.decide(layer, probs, remaining, standing)
+                if isinstance(policy, TopNCascade)
+                else policy.decide(layer, probs, remaining)
+            )
+            for i, reason in decided.items():
                 out.setdefault(i, reason)
                 remaining[i] = False
         return out

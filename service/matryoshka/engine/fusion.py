@@ -12,7 +12,7 @@ budget-cut ranking falls back to the retriever's order rather than the input ord
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -38,18 +38,36 @@ def fused_keys(
     """The ranking key of each document (higher = better; see the module docstring). A layer missing
     from `weights` counts as w = 1 (the head alone), exit layer 0 or a NaN probability as w = 0."""
     p = torch.tensor(list(probabilities), dtype=torch.float64)
+    layers = torch.tensor(list(exit_layers), dtype=torch.long)
+    return fused_standing(p, layers, first_stage, weights)(0.0).tolist()
+
+
+def fused_standing(
+    probabilities: Tensor, exit_layers: Tensor, first_stage: Sequence[float], weights: Mapping[int, float]
+) -> Callable[[float], Tensor]:
+    """`lift -> keys`: every document's fused key were its probability `lift` higher (clamped below 1),
+    under the z-scoring of the probabilities as they are; lift 0 gives the ranking keys themselves."""
+    p = probabilities.to(torch.float64)
     f = zscores(torch.tensor(list(first_stage), dtype=torch.float64))
-    scored = ~torch.isnan(p) & torch.tensor([layer > 0 for layer in exit_layers], dtype=torch.bool)
-    c = torch.zeros_like(p)
-    c[scored] = zscores(torch.logit(p[scored].clamp(EPS, 1 - EPS)))
+    scored = ~torch.isnan(p) & (exit_layers > 0)
+    logits = torch.logit(p[scored].clamp(EPS, 1 - EPS))
+    mean = logits.mean() if logits.numel() else torch.tensor(0.0, dtype=torch.float64)
+    std = float(logits.std(unbiased=False)) if logits.numel() else 0.0
     w = torch.tensor(
         [
             weights.get(layer, 1.0) if ok else 0.0
-            for layer, ok in zip(exit_layers, scored.tolist(), strict=True)
+            for layer, ok in zip(exit_layers.tolist(), scored.tolist(), strict=True)
         ],
         dtype=torch.float64,
     )
-    return (w * c + (1 - w) * f).tolist()
+
+    def keys(lift: float) -> Tensor:
+        c = torch.zeros_like(p)
+        if std > 0:
+            c[scored] = (torch.logit((p[scored] + lift).clamp(EPS, 1 - EPS)) - mean) / std
+        return w * c + (1 - w) * f
+
+    return keys
 
 
 def check_first_stage(scores: Sequence[float] | None, documents: int) -> str | None:

@@ -19,8 +19,8 @@ from torch import Tensor
 
 from matryoshka.engine.aggregate import Grouping
 from matryoshka.engine.cost import Usage
-from matryoshka.engine.exits import Decisions, ExitReason, ExitSchedule
-from matryoshka.engine.fusion import fused_keys
+from matryoshka.engine.exits import Decisions, ExitReason, ExitSchedule, Standing
+from matryoshka.engine.fusion import fused_keys, fused_standing
 from matryoshka.engine.job import EngineError, Job, JobResult, Outcome, ScoredLayer
 from matryoshka.engine.replay import CacheLedger
 from matryoshka.model.state import LayerState, RowState
@@ -209,8 +209,17 @@ class JobRun:
     def decide(self, layer: int) -> Decisions:
         """The exit schedule's decisions on the rows at `layer` (on documents when chunked)."""
         if self.grouping is not None:
-            return self.grouping.decide(self.schedule, layer, self.prob, self.active)
-        return self.schedule.decide(layer, self.prob, self.active)
+            g = self.grouping
+            standing = self.standing(g.probabilities(self.prob), g.layers(self.exit_layer))
+            return g.decide(self.schedule, layer, self.prob, self.active, standing)
+        return self.schedule.decide(layer, self.prob, self.active, self.standing(self.prob, self.exit_layer))
+
+    def standing(self, probs: Tensor, exit_layers: Tensor) -> Standing | None:
+        """How the cascade ranks these documents: by the fused key they will be answered in where the job
+        has first-stage scores (engine/fusion.py), else (None) by probability."""
+        if self.job.first_stage is None:
+            return None
+        return fused_standing(probs, exit_layers, self.job.first_stage, self.fusion)
 
     def exit(self, decisions: dict[int, ExitReason], layer: int | None = None) -> None:
         """Rows leave with their reasons; a decision at `layer` resting on a cached score is a

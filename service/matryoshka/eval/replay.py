@@ -68,7 +68,9 @@ def replay_query(
     """One query under a resolved `plan`: ranking keys, exit layers, FLOPs and full-plan FLOPs."""
     assert plan.depth is not None, "resolve the plan first"
     n = len(rows)
-    run = JobRun(Job("replay", ["-"] * n, plan), [1] * n, 0)
+    first = [r["first_stage"] for r in rows] if fusion is not None else None
+    run = JobRun(Job("replay", ["-"] * n, plan, first_stage=first), [1] * n, 0)
+    run.fusion = fusion or {}
     scorings = torch.zeros(n)
     for layer in head_layers:
         if not bool(run.active.any()) or layer > plan.depth:
@@ -80,7 +82,7 @@ def replay_query(
         logits = torch.tensor([rows[int(i)]["logit"][str(layer)] for i in active], dtype=torch.float64)
         run.scored(active, layer, logits, torch.logit(probs), 0.0)  # the recorded calibrated scores
         scorings[active] += 1
-        run.exit(run.schedule.decide(layer, run.prob, run.active), layer)
+        run.exit(run.decide(layer), layer)
     layers = run.exit_layer.tolist()
     flops = sum(
         rows[i]["layer_flops"][str(layers[i])] + float(scorings[i]) * rows[i]["score_flops"] for i in range(n)
