@@ -1008,7 +1008,9 @@ func (x *ConfidenceExit) GetMinLayer() int32 {
 
 // Top-n cascade: at each head layer, a candidate whose probability plus `margin` is below the n-th best
 // can no longer reach the top n and stops (exit_reason CASCADE); once the top-n set has not changed for
-// `patience` head layers, all remaining candidates stop (exit_reason STABLE).
+// `patience` head layers, all remaining candidates stop (exit_reason STABLE). Where the documents carry
+// `first_stage_score`, candidates are compared by the fused key the answer is ranked by, and a candidate
+// stops when even `margin` more probability would leave its key below the n-th best.
 type CascadeExit struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache

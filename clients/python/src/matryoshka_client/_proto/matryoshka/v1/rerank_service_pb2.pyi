@@ -549,7 +549,9 @@ Global___ConfidenceExit: _TypeAlias = ConfidenceExit  # noqa: Y015
 class CascadeExit(_message.Message):
     """Top-n cascade: at each head layer, a candidate whose probability plus `margin` is below the n-th best
     can no longer reach the top n and stops (exit_reason CASCADE); once the top-n set has not changed for
-    `patience` head layers, all remaining candidates stop (exit_reason STABLE).
+    `patience` head layers, all remaining candidates stop (exit_reason STABLE). Where the documents carry
+    `first_stage_score`, candidates are compared by the fused key the answer is ranked by, and a candidate
+    stops when even `margin` more probability would leave its key below the n-th best.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

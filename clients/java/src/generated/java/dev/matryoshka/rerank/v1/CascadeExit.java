@@ -7,7 +7,9 @@ package dev.matryoshka.rerank.v1;
  * <pre>
  * Top-n cascade: at each head layer, a candidate whose probability plus `margin` is below the n-th best
  * can no longer reach the top n and stops (exit_reason CASCADE); once the top-n set has not changed for
- * `patience` head layers, all remaining candidates stop (exit_reason STABLE).
+ * `patience` head layers, all remaining candidates stop (exit_reason STABLE). Where the documents carry
+ * `first_stage_score`, candidates are compared by the fused key the answer is ranked by, and a candidate
+ * stops when even `margin` more probability would leave its key below the n-th best.
  * </pre>
  *
  * Protobuf type {@code matryoshka.v1.CascadeExit}
@@ -323,7 +325,9 @@ private static final long serialVersionUID = 0L;
    * <pre>
    * Top-n cascade: at each head layer, a candidate whose probability plus `margin` is below the n-th best
    * can no longer reach the top n and stops (exit_reason CASCADE); once the top-n set has not changed for
-   * `patience` head layers, all remaining candidates stop (exit_reason STABLE).
+   * `patience` head layers, all remaining candidates stop (exit_reason STABLE). Where the documents carry
+   * `first_stage_score`, candidates are compared by the fused key the answer is ranked by, and a candidate
+   * stops when even `margin` more probability would leave its key below the n-th best.
    * </pre>
    *
    * Protobuf type {@code matryoshka.v1.CascadeExit}
