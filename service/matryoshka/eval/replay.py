@@ -1,6 +1,8 @@
 """Plans replayed offline on a recording (eval/layer_scores.py): the engine's own JobRun decides where
 it scores (`JobRun.scores_at`) and its ExitSchedule (depth, confidence, cascade) decides who exits, fed
-the recorded calibrated probabilities; fusion with the first stage is engine/fusion.py's. FLOPs are the
+the recorded calibrated probabilities; fusion with the first stage is engine/fusion.py's (replayed with
+fusion weights, the job carries the recorded first-stage scores, so its cascade ranks by fused keys as
+the engine's does; without, by probability). FLOPs are the
 recorded layer FLOPs through each row's exit layer plus one head scoring per layer it was scored at."""
 
 from __future__ import annotations
