@@ -33,9 +33,8 @@ class ExitReason(StrEnum):
 
 
 Decisions = dict[int, ExitReason]
-Standing = Callable[
-    [float], Tensor
-]  # lift -> each candidate's ranking key were its probability `lift` higher
+# lift -> each candidate's ranking key were its probability `lift` higher (engine/fusion.fused_standing)
+Standing = Callable[[float], Tensor]
 
 
 class FixedDepth:
