@@ -136,8 +136,9 @@ def main() -> None:
                                 zip(docs, scorer.logits(x).tolist(), strict=True)
                             )
         adapters(False)
-        qrels = [ir_measures.Qrel(q, d, int(v)) for q, dd in c.qrels("test").items() for d, v in dd.items()]
-        for name, run in runs.items():
+        judged = c.qrels("test")
+        for name, run in runs.items():  # averaged over the scored queries only
+            qrels = [ir_measures.Qrel(q, d, int(v)) for q in run for d, v in judged[q].items()]
             scored = [ir_measures.ScoredDoc(q, d, s) for q, dd in run.items() for d, s in dd.items()]
             ndcg = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, scored)[ir_measures.nDCG @ 10]
             print(f"{path} {name}: nDCG@10 {ndcg:.4f}", flush=True)
