@@ -127,8 +127,9 @@ def test_ranked_with_the_first_stage_only_whole_documents_drop() -> None:
     g = Grouping(rows, 3, "max")
     schedule = ExitSchedule(Plan(depth=4, cascade=CascadeExit(top_n=1, margin=0.1, patience=10)))
     probs = torch.tensor([0.8, 0.3, 0.75, 0.2, 0.5], dtype=torch.float64)
-    documents = g.probabilities(probs)
-    decided = g.decide(schedule, 1, probs, torch.ones(5, dtype=torch.bool), lambda lift: documents + lift)
+    decided = g.decide(
+        schedule, 1, probs, torch.ones(5, dtype=torch.bool), lambda docs: lambda lift: docs + lift
+    )
     assert decided == {4: ExitReason.CASCADE}
 
 

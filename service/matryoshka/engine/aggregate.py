@@ -14,7 +14,7 @@ n-th best. Under "mean" every window counts, so windows stop only with their doc
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -83,13 +83,14 @@ class Grouping:
         layer: int,
         probs: Tensor,
         active: Tensor,
-        standing: Standing | None = None,
+        rank: Callable[[Tensor], Standing] | None = None,
     ) -> Decisions:
-        """Row decisions at `layer`: the schedule's decisions on documents (ranked for the cascade by
-        `standing`, see engine/exits.py), applied to their running windows, then (under "max") windows
-        that stop alone."""
+        """Row decisions at `layer`: the schedule's decisions on documents (ranked for the cascade by the
+        standing `rank` gives their probabilities, see engine/exits.py), applied to their running
+        windows, then (under "max") windows that stop alone."""
         doc_probs = self.probabilities(probs)
         doc_active = torch.tensor([bool(active[rows].any()) for rows in self.rows], dtype=torch.bool)
+        standing = rank(doc_probs) if rank is not None else None
         out: Decisions = {}
         for d, reason in schedule.decide(layer, doc_probs, doc_active, standing).items():
             for r in self.rows[d].tolist():

@@ -207,18 +207,20 @@ class JobRun:
         return None
 
     def decide(self, layer: int) -> Decisions:
-        """The exit schedule's decisions on the rows at `layer` (on documents when chunked)."""
+        """The exit schedule's decisions on the rows at `layer` (on documents when chunked). A cascade
+        ranks by the fused keys the answer is ranked by where the job has first-stage scores, else by
+        probability (engine/exits.py)."""
+        fused = self.job.first_stage is not None and self.job.plan.cascade is not None
         if self.grouping is not None:
             g = self.grouping
-            standing = self.standing(g.probabilities(self.prob), g.layers(self.exit_layer))
-            return g.decide(self.schedule, layer, self.prob, self.active, standing)
-        return self.schedule.decide(layer, self.prob, self.active, self.standing(self.prob, self.exit_layer))
+            rank = (lambda docs: self.standing(docs, g.layers(self.exit_layer))) if fused else None
+            return g.decide(self.schedule, layer, self.prob, self.active, rank)
+        standing = self.standing(self.prob, self.exit_layer) if fused else None
+        return self.schedule.decide(layer, self.prob, self.active, standing)
 
-    def standing(self, probs: Tensor, exit_layers: Tensor) -> Standing | None:
-        """How the cascade ranks these documents: by the fused key they will be answered in where the job
-        has first-stage scores (engine/fusion.py), else (None) by probability."""
-        if self.job.first_stage is None:
-            return None
+    def standing(self, probs: Tensor, exit_layers: Tensor) -> Standing:
+        """The fused keys of these documents under a probability lift (engine/fusion.py)."""
+        assert self.job.first_stage is not None, "only a job with first-stage scores ranks fused"
         return fused_standing(probs, exit_layers, self.job.first_stage, self.fusion)
 
     def exit(self, decisions: dict[int, ExitReason], layer: int | None = None) -> None:

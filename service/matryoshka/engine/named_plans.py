@@ -92,8 +92,9 @@ def lean_plan(info: ModelInfo, short: bool = False) -> Plan:
 
 def defined_plan(info: ModelInfo, spec: PlanSpec, exits: ExitConfig | None) -> Plan:
     """A plan an artifact defines. Where it has a confidence exit, `exits` gives its thresholds (and
-    its first layer, if set); its cascade drops, from its layer on, every candidate whose probability
-    is below the top-n's (margin 0) and never stops the request early."""
+    its first layer, if set); its cascade drops, from its layer on, every candidate ranked below the
+    top n (margin 0; fused with the first stage where the request has it)
+    and never stops the request early."""
     width = {layer: WidthTarget(ratio=ratio) for layer, ratio in spec.width}
     confidence = cascade = None
     if spec.exit_min_layer is not None:
