@@ -30,7 +30,7 @@ from matryoshka.model.compensation import Compensation, CompensationConfig
 from matryoshka.model.heads import query_positions
 from matryoshka.model.prompt import Truncation
 from matryoshka.model.state import LayerState
-from matryoshka.train.lens import _logits
+from matryoshka.train.lens import lm_logits
 from matryoshka.train.structures import backbone_autocast
 
 Group = tuple[str, str, list[str]]
@@ -101,7 +101,7 @@ def main() -> None:
         total, started = 0.0, time.time()
         for s, at, teacher_hidden in cache:
             with torch.no_grad():
-                full = _logits(scorer, teacher_hidden)
+                full = lm_logits(scorer, teacher_hidden)
                 support = torch.unique(torch.cat([full.topk(32, dim=-1).indices.flatten(), at.targets]))
                 teacher = torch.log_softmax(full[:, support], -1)
             with backbone_autocast(model, True):
@@ -109,7 +109,7 @@ def main() -> None:
                 for layer in trained:
                     x = bb.forward_layer(layer, x)
                 h = scorer.lens(args.d, x.hidden[at.predicts].float())
-            student = torch.log_softmax(_logits(scorer, h, support), -1)
+            student = torch.log_softmax(lm_logits(scorer, h, support), -1)
             loss = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
             opt.zero_grad()
             loss.backward()

@@ -57,7 +57,7 @@ def test_eval_json_is_keyed_by_system(
     for name in ("full", "light", "adaptive"):
         assert {"flops_saved", "pairs_per_s", "rel_perf", "plan", "exit_reasons"} <= set(report[name])
     assert report["first_stage"]["relevance_level"] == 2
-    assert loaded == [(DEFAULT_BACKBONE, "bfloat16", None)]
+    assert loaded == [(DEFAULT_BACKBONE, "auto", None)]
     data = prepare(eval_collection, first_stage_spec=RUN_FILE, top_k=3)
     expected = evaluate(data.candidates, data.qrels, relevance_level=2)
     assert {m: report["first_stage"][m] for m in METRICS} == expected

@@ -1,6 +1,5 @@
-"""Command line: `matryoshka serve | rerank | bench | eval | train | distill | minilm-lens | minilm-width |
-teacher-run`,
-one module per group."""
+"""Command line: `matryoshka serve | rerank | bench | eval | train | distill | compensate-depth |
+minilm-lens | minilm-width | teacher-run`, one module per group."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(evaluation.app, name="eval")
 app.command("train")(train.train_command)
 app.command("distill")(train.distill_command)
+app.command("compensate-depth")(train.compensate_depth_command)
 app.command("minilm-lens")(minilm.minilm_lens_command)
 app.command("minilm-width")(minilm.minilm_width_command)
 app.command("teacher-run")(teacher.teacher_run_command)

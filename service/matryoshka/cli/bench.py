@@ -117,7 +117,7 @@ def bench_cache(
     ),
     pairs: Annotated[int, typer.Option(help="Passages for the one query.")] = 32,
     repeats: Annotated[int, typer.Option(help="Warm requests timed (median).")] = 5,
-    dtype: Annotated[str, typer.Option(help="bfloat16 or float32.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="auto (measured), bfloat16 or float32.")] = "auto",
     redis_url: Annotated[
         str | None, typer.Option(help="Also measure this Redis (redis://host:port/db).")
     ] = None,

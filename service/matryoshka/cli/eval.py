@@ -33,7 +33,12 @@ TopKOpt = Annotated[int, typer.Option(min=1, help="Re-rank (and evaluate) the fi
 MaxQueriesOpt = Annotated[
     int | None, typer.Option(min=1, help="Evaluate only the first N judged queries (queries.jsonl order).")
 ]
-DtypeOpt = Annotated[str, typer.Option(help="bfloat16 (what the service serves) or float32.")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (bf16 only where a probe finds it faster, as the service does), bfloat16 or float32."
+    ),
+]
 ScoringOpt = Annotated[
     str | None,
     typer.Option(
@@ -111,8 +116,10 @@ def _eval_input(
         fail(f"error: {exc}", 2, exc)
 
 
-def _describe_setup(data: EvalInput, reranker: Reranker | None, dtype: str) -> str:
-    model = f", model {reranker.info.name} ({reranker.info.scoring}, {dtype})" if reranker else ""
+def _describe_setup(data: EvalInput, reranker: Reranker | None) -> str:
+    model = (
+        f", model {reranker.info.name} ({reranker.info.scoring}, {reranker.dtype.name})" if reranker else ""
+    )
     return (
         f"{data.collection.name} {data.split}: {len(data.query_ids)} queries, top-{data.top_k} of "
         f"{data.first_stage}, relevance level {data.relevance_level}{model}"
@@ -134,7 +141,7 @@ def eval_compare(
         ),
     ] = "full,light,adaptive",
     model: ModelOpt = None,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "auto",
     scoring: ScoringOpt = None,
     artifact: ArtifactOpt = None,
     relevance_level: RelevanceOpt = None,
@@ -187,7 +194,7 @@ def eval_compare(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(format_table(report, _describe_setup(evaluation, reranker, dtype)))
+    typer.echo(format_table(report, _describe_setup(evaluation, reranker)))
     typer.echo(f"runs written to {out_dir}")
 
 
@@ -199,7 +206,7 @@ def eval_sweep(
     top_k: TopKOpt = 100,
     max_queries: MaxQueriesOpt = None,
     model: ModelOpt = None,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "auto",
     scoring: ScoringOpt = None,
     artifact: ArtifactOpt = None,
     relevance_level: RelevanceOpt = None,
@@ -242,7 +249,7 @@ def eval_sweep(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(_describe_setup(evaluation, reranker, dtype))
+    typer.echo(_describe_setup(evaluation, reranker))
     for row in rows:
         saved = (
             ""
@@ -269,7 +276,7 @@ def eval_long(
         str, typer.Option(help="Comma list of chunked readings to run: max, first, mean.")
     ] = "max,first",
     model: ModelOpt = None,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "auto",
     artifact: ArtifactOpt = None,
     relevance_level: RelevanceOpt = None,
     out: OutOpt = None,
@@ -304,7 +311,7 @@ def eval_long(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(_describe_setup(evaluation, reranker, dtype))
+    typer.echo(_describe_setup(evaluation, reranker))
     typer.echo(format_readings(report, candidate_lengths(reranker, evaluation), truncate_tokens))
     typer.echo(f"runs written to {out_dir}")
 

@@ -25,7 +25,7 @@ def record_command(
     max_queries: Annotated[int | None, typer.Option(min=1, help="Only the first N judged queries.")] = None,
     width: Annotated[list[str] | None, typer.Option(help="Width step LAYER:RATIO (repeatable).")] = None,
     model: ModelOpt = None,
-    dtype: Annotated[str, typer.Option(help="bfloat16 or float32.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="auto (measured), bfloat16 or float32.")] = "auto",
     artifact: Annotated[str | None, typer.Option(help="Artifact directory (default: shipped).")] = None,
     progress: ProgressOpt = True,
 ) -> None:

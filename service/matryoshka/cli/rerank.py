@@ -24,7 +24,7 @@ def rerank(
     depth: Annotated[int | None, typer.Option(help="Last layer to run (default: all).")] = None,
     width: Annotated[list[str] | None, typer.Option(help="LAYER:RATIO or LAYER:=LENGTH, repeatable.")] = None,
     top_n: Annotated[int, typer.Option(help="Return the best N (0 = all).")] = 0,
-    dtype: Annotated[str, typer.Option(help="bfloat16 or float32 (in process).")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="auto (measured), bfloat16 or float32 (in process).")] = "auto",
     timeout: Annotated[float | None, typer.Option(help="Deadline in seconds (with --target).")] = None,
     wait_ready: Annotated[
         float, typer.Option(help="With --target: wait up to this many seconds for the server to be SERVING.")

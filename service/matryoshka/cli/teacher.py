@@ -27,7 +27,7 @@ def teacher_run_command(
     max_queries: Annotated[int | None, typer.Option(min=1, help="First N judged queries.")] = None,
     fuse: Annotated[list[Path] | None, typer.Option(help="Runs to fuse (with --teacher fuse).")] = None,
     weights: Annotated[str, typer.Option(help="Fusion weights, one per --fuse run.")] = "0.5,0.5",
-    dtype: Annotated[str, typer.Option(help="bfloat16 or float32.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="auto (measured), bfloat16 or float32.")] = "auto",
 ) -> None:
     """Score a teacher once over BM25 candidates (resumable), or fuse cached teacher runs."""
     from matryoshka.data.datasets import DataError, document_text, load_collection, write_run

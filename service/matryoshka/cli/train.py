@@ -1,5 +1,6 @@
-"""`matryoshka train` (heads or a depth lens) and `matryoshka distill` (Rank-DistiLLM): options in, the
-recipes in train/ do the work and write an artifact."""
+"""`matryoshka train` (heads or a depth lens), `matryoshka distill` (Rank-DistiLLM) and `matryoshka
+compensate-depth` (V-LoRA by segment-wise self-distillation): options in, the recipes in train/ do the work
+and write an artifact."""
 
 from __future__ import annotations
 
@@ -173,3 +174,93 @@ def distill_command(
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(json.dumps(metrics, indent=2))
     typer.echo(f"artifact written to {out}")
+
+
+def compensate_depth_command(
+    data: Annotated[
+        list[str],
+        typer.Option(help="DIR:SPLIT of a BEIR-format collection to draw groups from (repeatable)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
+    model: ModelOpt = None,
+    artifact: Annotated[
+        Path | None,
+        typer.Option(help="Query-likelihood artifact to start from (default: the model's shipped one)."),
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="Groups, cached segment states and checkpoints (resumable).")
+    ] = Path("out/depth-compensation"),
+    segment_from: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Layer K: frozen up to here; V-LoRA on K+1..last, every exit above K trained."
+        ),
+    ] = 15,
+    negatives: Annotated[int, typer.Option(min=1, help="BM25 hard negatives per group.")] = 7,
+    max_queries: Annotated[int | None, typer.Option(min=1, help="Groups per data source (first N).")] = None,
+    dev_fraction: Annotated[
+        float, typer.Option(min=0.01, max=0.5, help="Share of the queries held out for calibration.")
+    ] = 0.1,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training groups.")] = 2,
+    lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate of the V-LoRA.")] = 1e-3,
+    lens_lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate of the exits' lens.")] = 1e-3,
+    rank: Annotated[int, typer.Option(min=1, help="V-LoRA rank.")] = 8,
+    dtype: Annotated[
+        str, typer.Option(help="Backbone compute while training: auto (measured), bfloat16 or float32.")
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for groups, split, order and initialisation.")] = 13,
+) -> None:
+    """V-LoRA by segment-wise self-distillation: shallow exits read what full depth reads
+    (train/depth_compensation.py)."""
+    import time
+
+    from matryoshka.data.datasets import DataError
+    from matryoshka.engine.dtype import choose_dtype
+    from matryoshka.model.artifact import shipped_artifact
+    from matryoshka.train.depth_compensation import DepthDistillConfig, compensate_depth_artifact
+    from matryoshka.train.groups import GroupSpec
+
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        typer.echo(f"[{time.perf_counter() - started:7.0f}s] {message}", err=True)
+
+    name = backbone(model)
+    start = artifact or shipped_artifact(name)
+    if start is None:
+        fail(f"{name} ships no artifact; give --artifact (a query-likelihood artifact with a depth lens)")
+    try:
+        chosen = choose_dtype(dtype)
+        log(f"training in {chosen.name} ({chosen.reason})")
+        config = DepthDistillConfig(
+            segment_from=segment_from,
+            epochs=epochs,
+            lr=lr,
+            lens_lr=lens_lr,
+            rank=rank,
+            seed=seed,
+            bf16=chosen.name == "bfloat16",
+        )
+        groups = GroupSpec(negatives=negatives, max_queries=max_queries, seed=seed)
+        settings = {
+            "data": data,
+            "config": vars(config),
+            "groups": vars(groups),
+            "dev_fraction": dev_fraction,
+        }
+        metrics = compensate_depth_artifact(
+            start,
+            out,
+            data,
+            config,
+            groups,
+            workdir,
+            dev_fraction=dev_fraction,
+            log=log,
+            command=command_line(),
+            settings=settings,
+        )
+    except (DataError, ValueError) as exc:  # unusable data or artifact (ArtifactError is a ValueError)
+        fail(str(exc), cause=exc)
+    typer.echo(json.dumps(metrics, indent=2))
+    typer.echo(f"wrote {out} ({time.perf_counter() - started:.0f} s)")

@@ -131,18 +131,12 @@ def fit_lens(
         bar = tqdm(range(0, n, batch_tokens), desc=f"lens epoch {epoch + 1}", disable=not progress)
         for i in bar:
             idx = order[i : i + batch_tokens]
-            with torch.no_grad():
-                full = _logits(scorer, data.hidden[last][idx].float())
-                support = torch.unique(
-                    torch.cat([full.topk(top_k, dim=-1).indices.flatten(), data.targets[idx]])
-                )
-                teacher = torch.log_softmax(full[:, support], dim=-1)
+            last_hidden = data.hidden[last][idx].float()
+            support, teacher = teacher_support(scorer, last_hidden, data.targets[idx], top_k)
             loss = torch.zeros(())
             for layer in lens.layers:
-                student = torch.log_softmax(
-                    _logits(scorer, lens(layer, data.hidden[layer][idx].float()), support), -1
-                )
-                loss = loss + F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+                student = lens(layer, data.hidden[layer][idx].float())
+                loss = loss + support_kl(scorer, student, support, teacher)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -162,16 +156,34 @@ def layer_scores(scorer: QueryLikelihoodScorer, data: LensData, layer: int, chun
     with torch.no_grad():
         for i in range(0, int(data.targets.shape[0]), chunk):
             h = scorer.lens(layer, data.hidden[layer][i : i + chunk].float())
-            lp = torch.log_softmax(_logits(scorer, h), dim=-1)
+            lp = torch.log_softmax(lm_logits(scorer, h), dim=-1)
             token_lp.append(lp.gather(1, data.targets[i : i + chunk].unsqueeze(1)).squeeze(1))
     return row_means(torch.cat(token_lp), data.rows, int(data.labels.shape[0]))
 
 
-def _logits(scorer: QueryLikelihoodScorer, hidden: Tensor, vocab: Tensor | None = None) -> Tensor:
-    """fp32 LM-head logits of residual states (only the `vocab` columns when given), bf16 matmul on CPU."""
+def teacher_support(
+    scorer: QueryLikelihoodScorer, last_hidden: Tensor, targets: Tensor, top_k: int
+) -> tuple[Tensor, Tensor]:
+    """The support (every position's `top_k` tokens at the last layer, plus the targets) and the teacher's
+    log-probabilities renormalised on it, (positions, |support|); no gradient."""
+    with torch.no_grad():
+        full = lm_logits(scorer, last_hidden)
+        support = torch.unique(torch.cat([full.topk(top_k, dim=-1).indices.flatten(), targets]))
+        return support, torch.log_softmax(full[:, support], dim=-1)
+
+
+def support_kl(scorer: QueryLikelihoodScorer, hidden: Tensor, support: Tensor, teacher: Tensor) -> Tensor:
+    """KL(teacher || read-out of `hidden`, already in the last layer's space) on the support, per position."""
+    student = torch.log_softmax(lm_logits(scorer, hidden, support), dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+
+
+def lm_logits(scorer: QueryLikelihoodScorer, hidden: Tensor, vocab: Tensor | None = None) -> Tensor:
+    """fp32 LM-head logits of residual states (only the `vocab` columns when given); the matmul runs in
+    the ambient autocast dtype (bf16 only where the caller measured it faster: a CPU without bf16 units
+    runs it ~75x slower than fp32)."""
     decoder = scorer.decoder
     weight = decoder.lm_head.weight if vocab is None else decoder.lm_head.weight[vocab]
     normed: Tensor = decoder.norm(hidden.to(weight.dtype))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=weight.device.type == "cpu"):
-        logits: Tensor = normed @ weight.T
+    logits: Tensor = normed @ weight.T
     return logits.float()

@@ -294,14 +294,15 @@ def train_lens(
     before = {
         layer: group_mrr(layer_scores(scorer, dev, layer), dev.group_size) for layer in scorer.head_layers
     }
-    history = fit_lens(
-        scorer,
-        cached["train"],
-        epochs=recipe.distill.epochs,
-        lr=recipe.distill.learning_rate,
-        seed=recipe.distill.seed,
-        progress=progress,
-    )
+    with backbone_autocast(model, recipe.distill.bf16):  # the LM-head products, as the states were made
+        history = fit_lens(
+            scorer,
+            cached["train"],
+            epochs=recipe.distill.epochs,
+            lr=recipe.distill.learning_rate,
+            seed=recipe.distill.seed,
+            progress=progress,
+        )
     raw = {layer: layer_scores(scorer, dev, layer) for layer in scorer.head_layers}
     fits = calibrate(scorer.calibration, raw, dev.labels.float())
     model.calibration_version = f"platt-dev-{len(dev_groups)}q"
