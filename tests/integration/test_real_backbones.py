@@ -113,7 +113,7 @@ def test_query_likelihood_puts_the_answer_first(smollm2_fp32) -> None:
 
 
 def test_reranker_load_defaults_and_a_cut_plan() -> None:
-    reranker = Reranker.load()  # default backbone, bf16, query likelihood until heads are trained
+    reranker = Reranker.load()  # default backbone and artifact, dtype measured (auto)
     assert reranker.info.name == "smollm2-135m"
     assert reranker.info.scoring == "query_likelihood"
     query, passages = EASY[2]

@@ -209,3 +209,30 @@ def test_bad_input_to_compensate_depth_fails_with_a_message(
         result = CliRunner().invoke(app, [*common, *extra, "--workdir", str(tmp_path / "w")])
         assert result.exit_code != 0
         assert message in result.output
+
+
+def test_chosen_exits_train_only_the_layers_up_to_the_deepest_of_them(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    model = _model(tiny_tokenizer)
+    segments = collect_segments(model, GROUPS, 1, Truncation(), tmp_path / "s.safetensors", print)
+    before = _loss(model, segments, (2,))
+    full = _logits(model, Plan(depth=3))
+    torch.manual_seed(0)
+    config = DepthDistillConfig(segment_from=1, exits=(2,), epochs=8, lr=3e-3, lens_lr=3e-3, rank=4)
+    train_depth_compensation(model, segments, config, tmp_path / "w", lambda _: None)
+    assert _loss(model, segments, (2,)) < 0.2 * before
+    compensation = model.backbone.compensation
+    assert compensation is not None
+    assert all(a.use_v and a.v_b.any() for a in compensation.adapters(2))
+    assert all(not a.use_v and not a.v_b.any() for layer in (1, 3, 4) for a in compensation.adapters(layer))
+    assert model.scorer.lens.translators["3"].weight.abs().sum() == 0  # exit 3's lens untouched
+    assert not torch.allclose(_logits(model, Plan(depth=3)), full)  # layer 3 reads adapted layer 2
+    with pytest.raises(ValueError, match=r"exits \[1, 5\] are not head layers above layer 1"):
+        train_depth_compensation(
+            _model(tiny_tokenizer),
+            segments,
+            DepthDistillConfig(segment_from=1, exits=(1, 5)),
+            tmp_path,
+            print,
+        )

@@ -196,6 +196,12 @@ def compensate_depth_command(
             min=1, help="Layer K: frozen up to here; V-LoRA on K+1..last, every exit above K trained."
         ),
     ] = 15,
+    exits: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of the exits trained (V-LoRA up to the deepest); default: all above K."
+        ),
+    ] = "",
     negatives: Annotated[int, typer.Option(min=1, help="BM25 hard negatives per group.")] = 7,
     max_queries: Annotated[int | None, typer.Option(min=1, help="Groups per data source (first N).")] = None,
     dev_fraction: Annotated[
@@ -234,6 +240,7 @@ def compensate_depth_command(
         log(f"training in {chosen.name} ({chosen.reason})")
         config = DepthDistillConfig(
             segment_from=segment_from,
+            exits=tuple(int(layer) for layer in exits.split(",") if layer.strip()),
             epochs=epochs,
             lr=lr,
             lens_lr=lens_lr,

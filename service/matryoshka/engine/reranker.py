@@ -102,7 +102,7 @@ class Reranker:
         cls,
         name: str = DEFAULT_BACKBONE,
         *,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         scoring: Scoring | None = None,
         head_layers: Sequence[int] | None = None,
         threads: int | None = None,
@@ -155,7 +155,7 @@ class Reranker:
         model_dir: str | Path,
         *,
         name: str | None = None,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         device: str = "cpu",
         threads: int | None = None,
     ) -> Reranker:

@@ -60,6 +60,7 @@ class DepthDistillConfig:
     """The segment (frozen below `segment_from`), its exits, and the optimiser's settings."""
 
     segment_from: int = 15
+    exits: tuple[int, ...] = ()  # the exits trained (V-LoRA up to the deepest); () = every one above K
     epochs: int = 2
     lr: float = 1e-3  # V-LoRA
     lens_lr: float = 1e-3  # the exits' lens translators
@@ -84,6 +85,17 @@ def exits_above(scorer: QueryLikelihoodScorer, segment_from: int) -> tuple[int, 
     if not 0 < segment_from < last:
         raise ValueError(f"segment_from must be in 1..{last - 1}, got {segment_from}")
     return tuple(layer for layer in scorer.head_layers if layer > segment_from)
+
+
+def trained_exits(scorer: QueryLikelihoodScorer, config: DepthDistillConfig) -> tuple[int, ...]:
+    """The exits `config` trains: its `exits`, each a head layer above K, or all of them by default."""
+    above = exits_above(scorer, config.segment_from)
+    wrong = sorted(set(config.exits) - set(above))
+    if wrong:
+        raise ValueError(
+            f"exits {wrong} are not head layers above layer {config.segment_from} (those: {above})"
+        )
+    return tuple(sorted(set(config.exits))) or above
 
 
 def collect_segments(
@@ -163,13 +175,13 @@ def train_depth_compensation(
         raise ValueError(f"depth compensation trains query-likelihood models, not {scorer.name} scoring")
     if not segments:
         raise ValueError("no training groups")
-    exits = exits_above(scorer, config.segment_from)
+    exits = trained_exits(scorer, config)
     backbone = model.backbone
     compensation = backbone.compensation or Compensation(
         backbone,
         CompensationConfig(rank=config.rank, alpha=2.0 * config.rank, ratios=(), targets=DECODER_TARGETS),
     )
-    segment = range(config.segment_from + 1, backbone.num_layers + 1)
+    segment = range(config.segment_from + 1, max(exits) + 1)
     adapters = [p for layer in segment for a in compensation.adapters(layer) for p in (a.v_a, a.v_b)]
     lens = [
         p for layer in exits if layer in scorer.lens for p in scorer.lens.translators[str(layer)].parameters()
@@ -185,8 +197,8 @@ def train_depth_compensation(
     checkpoint = workdir / "checkpoint.pt"
     step = _resume(model, compensation, optimiser, checkpoint, log)
     compensation.enable(vertical=True, horizontal=False)
-    for layer in range(1, config.segment_from + 1):  # below the segment nothing is trained: zero, skipped
-        for adapter in compensation.adapters(layer):
+    for layer in (*range(1, config.segment_from + 1), *range(max(exits) + 1, backbone.num_layers + 1)):
+        for adapter in compensation.adapters(layer):  # outside the segment nothing is trained: zero, skipped
             adapter.use_v = False
     model.train(False)  # no dropout: the adapters learn the served forward
     total_steps, n = config.epochs * len(segments), len(segments)
@@ -322,7 +334,8 @@ def compensate_depth_artifact(
     scorer = model.scorer
     if not isinstance(scorer, QueryLikelihoodScorer):
         raise ValueError(f"{artifact}: scores by {scorer.name}; depth compensation trains query likelihood")
-    exits = exits_above(scorer, config.segment_from)
+    trained_exits(scorer, config)  # refuses bad exits before any work
+    exits = exits_above(scorer, config.segment_from)  # every layer above K scores differently: recalibrated
     workdir.mkdir(parents=True, exist_ok=True)
     file = workdir / "groups.jsonl"
     if not file.is_file():
