@@ -205,6 +205,7 @@ def test_bad_input_to_compensate_depth_fails_with_a_message(
         (["--artifact", str(base_artifact), *test, "--segment-from", "4"], "segment_from must be in 1..3"),
         (["--artifact", str(base_artifact), "--data", str(eval_collection)], "DIR:SPLIT"),
         (["--artifact", str(base_artifact), *test], "0 training and 0 dev groups"),  # BM25 finds no negatives
+        (["--artifact", str(base_artifact), *test, "--exits", "3,x"], "comma-separated layer numbers"),
     ]:
         result = CliRunner().invoke(app, [*common, *extra, "--workdir", str(tmp_path / "w")])
         assert result.exit_code != 0

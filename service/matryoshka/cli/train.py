@@ -240,7 +240,7 @@ def compensate_depth_command(
         log(f"training in {chosen.name} ({chosen.reason})")
         config = DepthDistillConfig(
             segment_from=segment_from,
-            exits=tuple(int(layer) for layer in exits.split(",") if layer.strip()),
+            exits=_layers(exits, "--exits"),
             epochs=epochs,
             lr=lr,
             lens_lr=lens_lr,
@@ -271,3 +271,11 @@ def compensate_depth_command(
         fail(str(exc), cause=exc)
     typer.echo(json.dumps(metrics, indent=2))
     typer.echo(f"wrote {out} ({time.perf_counter() - started:.0f} s)")
+
+
+def _layers(spec: str, option: str) -> tuple[int, ...]:
+    """'20,22' -> (20, 22); anything but comma-separated integers is a usage error naming `option`."""
+    try:
+        return tuple(int(layer) for layer in spec.split(",") if layer.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(f"{spec!r}: want comma-separated layer numbers", param_hint=option) from exc
