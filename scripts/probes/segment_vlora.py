@@ -21,7 +21,6 @@ import time
 
 import ir_measures
 import torch
-import torch.nn.functional as F
 
 from matryoshka.data.datasets import Collection, document_text, load_collection
 from matryoshka.data.first_stage import first_stage
@@ -30,7 +29,7 @@ from matryoshka.model.compensation import Compensation, CompensationConfig
 from matryoshka.model.heads import query_positions
 from matryoshka.model.prompt import Truncation
 from matryoshka.model.state import LayerState
-from matryoshka.train.lens import lm_logits
+from matryoshka.train.lens import support_kl, teacher_support
 from matryoshka.train.structures import backbone_autocast
 
 Group = tuple[str, str, list[str]]
@@ -100,17 +99,13 @@ def main() -> None:
         random.shuffle(cache)
         total, started = 0.0, time.time()
         for s, at, teacher_hidden in cache:
-            with torch.no_grad():
-                full = lm_logits(scorer, teacher_hidden)
-                support = torch.unique(torch.cat([full.topk(32, dim=-1).indices.flatten(), at.targets]))
-                teacher = torch.log_softmax(full[:, support], -1)
+            support, teacher = teacher_support(scorer, teacher_hidden, at.targets, 32)
             with backbone_autocast(model, True):
                 x = s
                 for layer in trained:
                     x = bb.forward_layer(layer, x)
                 h = scorer.lens(args.d, x.hidden[at.predicts].float())
-            student = torch.log_softmax(lm_logits(scorer, h, support), -1)
-            loss = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+            loss = support_kl(scorer, h, support, teacher)
             opt.zero_grad()
             loss.backward()
             opt.step()

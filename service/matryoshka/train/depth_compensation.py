@@ -2,7 +2,7 @@
 of a query-likelihood model learn to read, at their depth, what the full depth reads.
 
 The frozen model runs every training group once: its state after layer K (`segment_from`) and the last
-layer's residuals at the positions that predict query tokens are kept on disk (`SegmentCache`). Training
+layer's residuals at the positions that predict query tokens are kept on disk (`collect_segments`). Training
 then runs layers K+1..last only, with V-LoRA (model/compensation.py) on each of them and the lens
 translators of the exit layers above K trainable. At every exit above K and at the last layer, the
 read-out's next-token distribution at the query positions is pulled towards the frozen full model's
@@ -15,8 +15,6 @@ a killed run resumes; the per-layer calibration above K is refitted on the dev g
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from matryoshka.data.datasets import load_collection
@@ -39,6 +35,7 @@ from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.prompt import Truncation
 from matryoshka.model.state import LayerState
 from matryoshka.train.calibrate import calibrate
+from matryoshka.train.feature_cache import load_keyed, rows_key, save_keyed
 from matryoshka.train.groups import (
     GroupSpec,
     TrainingGroup,
@@ -111,16 +108,11 @@ def collect_segments(
     """Every group's segment input and teacher, from `file` when it was made for the same weights, layer and
     rows, else computed with the adapters off (the frozen model) and written there."""
     encoded = [model.encode(g.query, [c.text for c in g.candidates], truncation) for g in groups]
-    digest = hashlib.sha256(f"{model.fingerprint}:{segment_from}".encode())
-    for rows in encoded:
-        for row in rows:
-            digest.update(json.dumps(row.input_ids).encode())
-    key = digest.hexdigest()
+    key = rows_key(f"{model.fingerprint}:{segment_from}", (row for rows in encoded for row in rows))
+    stored = load_keyed(file, key)
+    if stored is not None:
+        return _segments(stored, len(groups), segment_from)
     if file.is_file():
-        with safe_open(str(file), "pt") as stored:
-            fresh = (stored.metadata() or {}).get("rows") == key
-        if fresh:
-            return _read_segments(file, len(groups), segment_from)
         log(f"{file}: made for other rows, weights or layer; recomputing")
     backbone = model.backbone
     out = []
@@ -139,10 +131,7 @@ def collect_segments(
         f"{i}.{name}": getattr(g.state, name).contiguous() for i, g in enumerate(out) for name in STATE_FIELDS
     }
     tensors |= {f"{i}.teacher": g.teacher.contiguous() for i, g in enumerate(out)}
-    file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_suffix(".partial")
-    save_file(tensors, partial, metadata={"rows": key})
-    partial.replace(file)
+    save_keyed(tensors, file, key)
     return out
 
 
@@ -251,8 +240,7 @@ def _stripped(state: LayerState) -> LayerState:
     )
 
 
-def _read_segments(file: Path, count: int, segment_from: int) -> list[SegmentGroup]:
-    t = load_file(file)
+def _segments(t: dict[str, Tensor], count: int, segment_from: int) -> list[SegmentGroup]:
     return [
         SegmentGroup(
             LayerState(

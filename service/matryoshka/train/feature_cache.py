@@ -1,12 +1,19 @@
-"""Pooled states of frozen-backbone passes on disk (safetensors), so that later epochs, ablations and
-calibration cost no backbone compute."""
+"""Frozen-backbone passes on disk (safetensors), so that later epochs, ablations and calibration cost no
+backbone compute: pooled states per group (`FeatureCache`), and whole files keyed by the rows they were
+computed from (`rows_key`, `load_keyed`, `save_keyed`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
+from matryoshka.model.prompt import EncodedPair
 from matryoshka.train.structures import PassOutput
 
 
@@ -64,3 +71,30 @@ class FeatureCache:
             {k: v.detach().half().float() for k, v in out.pooled.items()},
             None if out.query_likelihood is None else out.query_likelihood.detach().float(),
         )
+
+
+def rows_key(identity: str, rows: Iterable[EncodedPair]) -> str:
+    """sha256 of what a frozen pass over `rows` depends on: `identity` (the weights, and any setting that
+    changes the pass) and every row's tokens."""
+    digest = hashlib.sha256(identity.encode())
+    for row in rows:
+        digest.update(json.dumps(row.input_ids).encode())
+    return digest.hexdigest()
+
+
+def load_keyed(file: Path, key: str) -> dict[str, Tensor] | None:
+    """The tensors `save_keyed` wrote to `file` under `key`, or None if there are none or another key's."""
+    if not file.is_file():
+        return None
+    with safe_open(str(file), "pt") as stored:
+        if (stored.metadata() or {}).get("rows") != key:
+            return None
+    return load_file(file)
+
+
+def save_keyed(tensors: dict[str, Tensor], file: Path, key: str) -> None:
+    """Write `tensors` to `file`, `key` in its metadata; renamed into place, so a kill leaves no half file."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_suffix(".partial")
+    save_file(tensors, partial, metadata={"rows": key})
+    partial.replace(file)

@@ -17,8 +17,6 @@ checkpointed there, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from matryoshka.data.datasets import document_text, load_collection
@@ -39,6 +35,7 @@ from matryoshka.model.compensation import ENCODER_TARGETS, Compensation, Compens
 from matryoshka.model.matryoshka_model import MatryoshkaModel, PlanSpec
 from matryoshka.model.prompt import EncodedPair, Truncation
 from matryoshka.model.width import WidthTarget, merge_width
+from matryoshka.train.feature_cache import load_keyed, rows_key, save_keyed
 
 Log = Callable[[str], None]
 Schedule = Mapping[int, WidthTarget]
@@ -221,16 +218,11 @@ def _teacher_embeddings(
 ) -> list[Tensor]:
     """Per group, (rows, 2, hidden) full-width embeddings of the frozen model (computed once, on disk)."""
     sizes = [len(g.rows) for g in groups]
-    digest = hashlib.sha256(model.fingerprint.encode())
-    for group in groups:
-        for row in group.rows:
-            digest.update(json.dumps(row.input_ids).encode())
-    key = digest.hexdigest()  # what the embeddings depend on: the weights and every row's tokens
+    key = rows_key(model.fingerprint, (row for group in groups for row in group.rows))
+    stored = load_keyed(file, key)
+    if stored is not None:
+        return list(stored["embeddings"].split(sizes))
     if file.is_file():
-        with safe_open(str(file), "pt") as stored:
-            fresh = (stored.metadata() or {}).get("rows") == key
-        if fresh:
-            return list(load_file(file)["embeddings"].split(sizes))
         log(f"{file}: made for other rows or weights; recomputing")
     compensation.enable(vertical=False, horizontal=False)
     out = []
@@ -240,7 +232,7 @@ def _teacher_embeddings(
             if (i + 1) % 100 == 0:
                 log(f"teacher {i + 1}/{len(groups)} queries")
     compensation.enable(vertical=False)
-    save_file({"embeddings": torch.cat(out).contiguous()}, file, metadata={"rows": key})
+    save_keyed({"embeddings": torch.cat(out).contiguous()}, file, key)
     return out
 
 
