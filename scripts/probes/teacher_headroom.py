@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
-import ir_measures
+from fused_table import COLLECTIONS, Scores, sums_table
 
 from matryoshka.data.datasets import document_text, load_collection
 from matryoshka.data.first_stage import first_stage
@@ -34,8 +33,8 @@ from matryoshka.model.loading import BackboneSpec, LoadedBackbone, _converted_gg
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-COLLECTIONS = (("scifact", "test"), ("cranfield", "test"), ("cacm", "test"), ("nfcorpus-dev", "dev"))
-# (teacher, cosine, BM25) weights of the per-query z-scores
+# (teacher, cosine, BM25) weights of the per-query z-scores; ORDER: where each is stored per candidate
+ORDER = (1, 2, 0)
 SUMS = {
     "BM25": (0.0, 0.0, 1.0),
     "teacher": (1.0, 0.0, 0.0),
@@ -67,9 +66,7 @@ def teacher(name: str, gguf: Path | None) -> Reranker:
     return Reranker(MatryoshkaModel.from_backbone(loaded, scoring="query_likelihood"))
 
 
-def score(
-    scores: Path, ql: Reranker, data: Path, queries: int
-) -> dict[str, dict[str, dict[str, list[float]]]]:
+def score(scores: Path, ql: Reranker, data: Path, queries: int) -> Scores:
     """{collection: {qid: {doc: [bm25, teacher, cosine]}}}, resumed from and saved to `scores`."""
     cosine = Reranker.load("minilm-l6", scoring="cosine")
     found = json.loads(scores.read_text()) if scores.exists() else {}
@@ -97,44 +94,6 @@ def score(
     return found
 
 
-def zscores(values: list[float]) -> list[float]:
-    """Per-query z-normalisation (a constant list maps to zeros)."""
-    mean, spread = statistics.mean(values), statistics.pstdev(values) or 1.0
-    return [(v - mean) / spread for v in values]
-
-
-def table(found: dict[str, dict[str, dict[str, list[float]]]], data: Path) -> None:
-    """Print nDCG@10 of every weighted sum per collection and the mean, as a markdown table."""
-    rows: dict[str, list[float]] = {}
-    for name, split in COLLECTIONS:
-        qrels = load_collection(data / name).qrels(split)
-        judged = [
-            ir_measures.Qrel(q, d, int(r))
-            for q in found[name]
-            if found[name][q]
-            for d, r in qrels.get(q, {}).items()
-        ]
-        for label, weights in SUMS.items():
-            run = []
-            for qid, docs in found[name].items():
-                ids = list(docs)
-                if not ids:
-                    continue
-                columns = [zscores([docs[d][i] for d in ids]) for i in (1, 2, 0)]
-                for j, d in enumerate(ids):
-                    key = sum(w * column[j] for w, column in zip(weights, columns, strict=True))
-                    run.append(ir_measures.ScoredDoc(qid, d, key))
-            rows.setdefault(label, []).append(
-                ir_measures.calc_aggregate([ir_measures.nDCG @ 10], judged, run)[ir_measures.nDCG @ 10]
-            )
-    print("| nDCG@10 | " + " | ".join(n for n, _ in COLLECTIONS) + " | mean |")
-    print("|---|" + "---:|" * (len(COLLECTIONS) + 1))
-    for label, values in rows.items():
-        print(
-            f"| {label} | " + " | ".join(f"{v:.4f}" for v in values) + f" | {statistics.mean(values):.4f} |"
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", choices=("smollm2-135m", "qwen-gguf"), required=True)
@@ -144,7 +103,9 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, default=Path("out/headroom/scores.json"))
     args = parser.parse_args()
     args.scores.parent.mkdir(parents=True, exist_ok=True)
-    table(score(args.scores, teacher(args.teacher, args.gguf), args.data, args.queries), args.data)
+    sums_table(
+        score(args.scores, teacher(args.teacher, args.gguf), args.data, args.queries), args.data, SUMS, ORDER
+    )
 
 
 if __name__ == "__main__":
