@@ -3,8 +3,9 @@ of the service: it measures whether distilling from a teacher can lift the MiniL
 teacher run is computed.
 
 On the first 30 judged queries of four non-DL collections (BM25 top-30 over the corpus), every candidate
-gets three scores: BM25, the MiniLM bi-encoder's cosine and a teacher's query likelihood (mean log
-p(query | passage) at full depth, the engine's `query_likelihood` scoring). Per query each score is
+gets three scores: BM25, the MiniLM bi-encoder's cosine and the teacher's score (an LLM's query
+likelihood, mean log p(query | passage) at full depth, the engine's `query_likelihood` scoring; or another
+bi-encoder's cosine). Per query each score is
 z-normalised and the weighted sums are ranked; nDCG@10 per collection and their mean. A teacher pays
 only if some sum with it beats what the full plan already serves (cosine 0.7 + BM25 0.3).
 
