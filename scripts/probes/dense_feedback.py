@@ -14,17 +14,12 @@ nDCG@10 per collection and their mean, against the served fusion.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fused_table import COLLECTIONS, Scores, sums_table, zscores
+from fused_table import CandidateScorer, collect_scores, sums_table, zscores
 from late_interaction import PASSAGE_TOKENS, QUERY_TOKENS, Encoder
-
-from matryoshka.data.datasets import document_text, load_collection
-from matryoshka.data.first_stage import first_stage
 
 # (feedback depth k, weight beta) of each variant, stored after [bm25, cosine] per candidate
 VARIANTS = ((3, 0.5), (3, 1.0), (5, 0.5), (5, 1.0), (10, 0.5), (10, 1.0))
@@ -50,32 +45,18 @@ def feedback(
     return (passages @ moved).tolist()
 
 
-def score(path: Path, data: Path, queries: int, top_k: int) -> Scores:
-    """{collection: {qid: {doc: [bm25, cosine, *feedback cosines]}}}, resumed from and saved to `path`."""
-    encoder = Encoder()
-    found = json.loads(path.read_text()) if path.exists() else {}
-    for name, split in COLLECTIONS:
-        collection = load_collection(data / name)
-        run = first_stage(collection, "bm25", split, top_k)
-        done = found.setdefault(name, {})
-        started, pairs = time.perf_counter(), 0
-        for qid in list(run)[:queries]:
-            if qid in done or not run[qid]:
-                continue
-            docs = list(run[qid])
-            query, _, _ = encoder.encode([collection.queries[qid]], QUERY_TOKENS)
-            passages, _, _ = encoder.encode(
-                [document_text(collection.corpus[d]) for d in docs], PASSAGE_TOKENS
-            )
-            cos = (passages @ query[0]).tolist()
-            bm25 = [run[qid][d] for d in docs]
-            first = [0.7 * c + 0.3 * b for c, b in zip(zscores(cos), zscores(bm25), strict=True)]
-            moved = [feedback(query[0], passages, first, k, beta) for k, beta in VARIANTS]
-            done[qid] = {d: [bm25[i], cos[i], *(m[i] for m in moved)] for i, d in enumerate(docs)}
-            pairs += len(docs)
-        print(f"{name}: {pairs / (time.perf_counter() - started + 1e-9):.1f} pairs/s", flush=True)
-        path.write_text(json.dumps(found))
-    return found
+def scorer(encoder: Encoder) -> CandidateScorer:
+    """Each candidate's [cosine, *cosines to the moved query of every variant]."""
+
+    def scores(query: str, passages: list[str], bm25: list[float]) -> list[list[float]]:
+        q_mean, _, _ = encoder.encode([query], QUERY_TOKENS)
+        p_mean, _, _ = encoder.encode(passages, PASSAGE_TOKENS)
+        cos = (p_mean @ q_mean[0]).tolist()
+        first = [0.7 * c + 0.3 * b for c, b in zip(zscores(cos), zscores(bm25), strict=True)]
+        moved = [feedback(q_mean[0], p_mean, first, k, beta) for k, beta in VARIANTS]
+        return [[cos[i], *(m[i] for m in moved)] for i in range(len(passages))]
+
+    return scores
 
 
 def main() -> None:
@@ -86,7 +67,8 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, default=Path("out/feedback/scores.json"))
     args = parser.parse_args()
     args.scores.parent.mkdir(parents=True, exist_ok=True)
-    sums_table(score(args.scores, args.data, args.queries, args.top_k), args.data, SUMS, ORDER)
+    found = collect_scores(args.scores, args.data, args.queries, args.top_k, scorer(Encoder()))
+    sums_table(found, args.data, SUMS, ORDER)
 
 
 if __name__ == "__main__":

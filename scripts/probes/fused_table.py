@@ -1,20 +1,50 @@
-"""What the headroom probes share: per-query z-scores of candidate scores, weighted sums of them, and
-nDCG@10 per collection with the mean, printed as the markdown tables of docs/results.md."""
+"""What the headroom probes share: the resumable scoring of each held-out collection's BM25 candidates,
+per-query z-scores of those scores, weighted sums of them, and nDCG@10 per collection with the mean,
+printed as the markdown tables of docs/results.md."""
 
 from __future__ import annotations
 
+import json
 import statistics
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import ir_measures
 
-from matryoshka.data.datasets import load_collection
+from matryoshka.data.datasets import document_text, load_collection
+from matryoshka.data.first_stage import first_stage
 
 # the held-out collections of the probes: (name under ../shared/data, split)
 COLLECTIONS = (("scifact", "test"), ("cranfield", "test"), ("cacm", "test"), ("nfcorpus-dev", "dev"))
 # {collection: {qid: {doc: [score, ...]}}}
 Scores = dict[str, dict[str, dict[str, list[float]]]]
+# a probe's scores of one query's candidates: (query, passage texts, BM25 scores) -> a list per candidate
+CandidateScorer = Callable[[str, list[str], list[float]], list[list[float]]]
+
+
+def collect_scores(path: Path, data: Path, queries: int, top_k: int, scorer: CandidateScorer) -> Scores:
+    """{collection: {qid: {doc: [bm25, *scorer's]}}} over the first `queries` of each BM25 top-`top_k` run
+    (queries without candidates skipped), resumed from `path` and saved there after every query."""
+    found = json.loads(path.read_text()) if path.exists() else {}
+    for name, split in COLLECTIONS:
+        collection = load_collection(data / name)
+        run = first_stage(collection, "bm25", split, top_k)
+        done = found.setdefault(name, {})
+        started, pairs = time.perf_counter(), 0
+        for qid in list(run)[:queries]:
+            if qid in done or not run[qid]:
+                continue
+            docs = list(run[qid])
+            bm25 = [run[qid][d] for d in docs]
+            texts = [document_text(collection.corpus[d]) for d in docs]
+            scored = scorer(collection.queries[qid], texts, bm25)
+            done[qid] = {d: [bm25[i], *scored[i]] for i, d in enumerate(docs)}
+            pairs += len(docs)
+            path.write_text(json.dumps(found))
+        if pairs:
+            print(f"{name}: {pairs / (time.perf_counter() - started):.1f} pairs/s", flush=True)
+    return found
 
 
 def zscores(values: Sequence[float]) -> list[float]:

