@@ -130,6 +130,11 @@ def test_unset_optionals_stay_unset_and_zero_is_sent() -> None:
     assert not build_request("q", ["d"], cascade=CascadeExit()).early_exit.HasField("confidence")
     # An empty ConfidenceExit still switches the policy on (the server's default thresholds).
     assert build_request("q", ["d"], confidence=ConfidenceExit()).early_exit.HasField("confidence")
+    cut = build_request("q", ["d"], first_stage_top_n=2).early_exit
+    assert cut.first_stage.top_n == 2
+    assert not cut.HasField("cascade")
+    assert not cut.HasField("confidence")
+    assert not build_request("q", ["d"], cascade=CascadeExit()).early_exit.HasField("first_stage")
 
 
 def test_budget_as_timedelta_or_flops_only() -> None:

@@ -109,3 +109,23 @@ def test_a_budget_only_request_keeps_the_full_plan_and_carries_the_scores(model:
     assert call.first_stage == FIRST
     unscored = to_call(request([None] * len(FIRST)), {NAME: model.info}, NAME, Settings())
     assert unscored.first_stage is None
+
+
+def test_only_the_first_stage_top_n_run(channel: grpc.Channel) -> None:
+    """early_exit.first_stage: the two best first-stage documents run, the rest stop before layer 1
+    (score 0, exit_layer 0, CASCADE) in the first stage's order, and the FLOPs they did not need are saved."""
+    cut = pb.EarlyExit(first_stage=pb.FirstStageExit(top_n=2))
+    answer = rerank(channel, request(list(FIRST), early_exit=cut))
+    assert not answer.partial
+    best = sorted(range(len(FIRST)), key=lambda i: -FIRST[i])
+    ran = {r.index for r in answer.results if r.exit_layer > 0}
+    assert ran == set(best[:2])
+    tail = [r for r in answer.results if r.index not in ran]
+    assert all(r.exit_reason == pb.EXIT_REASON_CASCADE and r.score == 0.0 for r in tail)
+    assert [r.index for r in tail] == best[2:]
+    assert answer.usage.flops_saved > 0.4  # three of five documents never ran
+
+
+def test_a_first_stage_top_n_below_one_names_its_field(channel: grpc.Channel) -> None:
+    bad = pb.EarlyExit(first_stage=pb.FirstStageExit(top_n=0))
+    assert "early_exit.first_stage.top_n" in violations(channel, request(list(FIRST), early_exit=bad))

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from matryoshka.engine.named_plans import (
     PLAN_NAMES,
     ExitConfig,
+    describe_plan,
     lean_width,
     light_plan,
     named_plan,
     parse_plan_names,
 )
-from matryoshka.engine.plan import ConfidenceExit, Plan
-from matryoshka.model.matryoshka_model import ModelInfo
+from matryoshka.engine.plan import CascadeExit, ConfidenceExit, FirstStageExit, Plan
+from matryoshka.model.matryoshka_model import ModelInfo, PlanSpec
 from matryoshka.model.width import WidthTarget
 
 
@@ -85,3 +88,16 @@ def test_the_lean_family_fits_small_models(layers: int) -> None:
     assert all(1 <= layer < layers for layer in lean_width(layers))
     for name in ("lean", "lean-short"):
         named_plan(name, model).resolve(model)
+
+
+def test_an_artifact_plan_with_a_first_stage_exit() -> None:
+    """A manifest's plan may start its cascade at layer 0 (only the first stage's top n run)."""
+    spec = PlanSpec.from_json({"first_stage_top_n": 50, "cascade_top_n": 10, "cascade_min_layer": 25})
+    assert PlanSpec.from_json(spec.to_json()) == spec
+    model = replace(info(30), plans={"adaptive": spec})
+    plan = named_plan("adaptive", model)
+    assert plan.first_stage == FirstStageExit(top_n=50)
+    assert plan.cascade == CascadeExit(top_n=10, margin=0.0, patience=30, min_layer=25)
+    assert describe_plan(plan.resolve(model)) == (
+        "depth 30, first stage top 50, cascade top 10 from layer 25"
+    )

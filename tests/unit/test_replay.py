@@ -9,10 +9,10 @@ import pytest
 
 from matryoshka.engine.executor import Executor
 from matryoshka.engine.job import Job, JobResult
-from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
+from matryoshka.engine.plan import CascadeExit, ConfidenceExit, FirstStageExit, Plan
 from matryoshka.engine.reranker import Reranker
 from matryoshka.eval.layer_scores import QueryCandidates, record, save
-from matryoshka.eval.replay import fit_fusion, load_recording, replay, replay_table
+from matryoshka.eval.replay import fit_fusion, load_recording, replay, replay_query, replay_table
 from matryoshka.model.matryoshka_model import MatryoshkaModel
 from matryoshka.model.width import WidthTarget
 from tests.conftest import PASSAGES
@@ -52,8 +52,13 @@ def engine(model: MatryoshkaModel, plan: Plan, first_stage: bool) -> list[JobRes
             width={1: WidthTarget(ratio=2.0)},
             cascade=CascadeExit(top_n=3, margin=0.0, patience=9, min_layer=3),
         ),
+        Plan(first_stage=FirstStageExit(top_n=3)),
+        Plan(
+            first_stage=FirstStageExit(top_n=4),
+            cascade=CascadeExit(top_n=2, margin=0.0, patience=9, min_layer=2),
+        ),
     ],
-    ids=["depth", "full", "confidence", "cascade", "width+cascade"],
+    ids=["depth", "full", "confidence", "cascade", "width+cascade", "first-stage", "first-stage+cascade"],
 )
 def test_a_replayed_plan_is_the_engine_run(llama_model: MatryoshkaModel, tmp_path: Path, plan: Plan) -> None:
     rec = recorded(llama_model, tmp_path, dict(plan.width))
@@ -92,6 +97,17 @@ def test_fusion_fit_and_table(llama_model: MatryoshkaModel, tmp_path: Path) -> N
         )
         # where the head alone misses the judged document, the fit leans on the first stage, which has it
         assert w == 1.0 if head_first else w < 1.0
-    lines = replay_table(rec, qrels, weights, (0.0,), (0.1,))
+    lines = replay_table(rec, qrels, weights, (0.0,), (0.1,), (2,))
     assert lines[1].split()[-1] == "1.0000"  # the first stage: nDCG@10 of 1
-    assert len(lines) == 2 + len(llama_model.info.head_layers) + 2
+    assert len(lines) == 2 + len(llama_model.info.head_layers) + 2 + 2
+    # first stage top 2 (no scores replayed: the input order): two documents run to full depth, at the
+    # cost of a request of only those two, and the rest never start
+    last = llama_model.info.num_layers
+    cut_plan = Plan(depth=last, first_stage=FirstStageExit(top_n=2))
+    for rows in rec.queries.values():
+        _, layers, flops, _ = replay_query(rows, cut_plan, rec.head_layers, None)
+        _, _, flops_two, _ = replay_query(rows[:2], Plan(depth=last), rec.head_layers, None)
+        assert layers == [last, last, 0, 0, 0]
+        assert flops == pytest.approx(flops_two, rel=1e-12)
+    cut = next(line for line in lines if line.startswith("first stage top 2 "))
+    assert cut.split()[-2] == f"{replay(rec, cut_plan).flops_saved:.1%}"

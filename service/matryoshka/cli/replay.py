@@ -64,6 +64,10 @@ def replay_command(
         str | None, typer.Option(help="Artifact whose fusion weights to use (default: shipped).")
     ] = None,
     model: ModelOpt = None,
+    first_stage_top: Annotated[
+        list[int] | None,
+        typer.Option(min=1, help="Also replay plans that run only the first stage's top N (repeatable)."),
+    ] = None,
 ) -> None:
     """nDCG@10 and FLOPs saved of depth, cascade and exit plans replayed on each recording, ranked by
     probability and fused with the first stage."""
@@ -74,7 +78,7 @@ def replay_command(
     for path in recording:
         rec = load_recording(path)
         typer.echo(f"{path}: {len(rec.queries)} queries, width {rec.meta['width'] or 'full'}")
-        for line in replay_table(rec, _qrels(rec), weights, MARGINS, IRRELEVANT):
+        for line in replay_table(rec, _qrels(rec), weights, MARGINS, IRRELEVANT, first_stage_top or ()):
             typer.echo(line)
 
 

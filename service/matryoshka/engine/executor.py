@@ -111,8 +111,11 @@ class Executor:
         run.fusion = self.model.fusion
         lengths = torch.tensor(run.tokens, dtype=torch.long)
         run.usage.full_flops = self.flops.full(lengths, query_tokens)
+        run.exit_by_first_stage()
         fresh: list[int] = []
         for index in range(len(pairs)):
+            if not run.active[index]:
+                continue
             cached = job.resume.get(index)
             if index in job.cached_scores:
                 run.ledger.add(index, job.cached_scores[index])

@@ -265,6 +265,29 @@ class JobRun:
         self.prob[rows] = torch.sigmoid(self.logit[rows])
         self.exit_layer[rows] = layer
 
+    def exit_by_first_stage(self) -> None:
+        """Before layer 1, documents below the first stage's top n (the plan's FirstStageExit; by
+        first-stage score, ties by index, else the input order) stop unscored with reason CASCADE:
+        exit layer 0, probability 0, so they keep their first-stage place (engine/fusion.py)."""
+        cut = self.job.plan.first_stage
+        documents = self.grouping.documents if self.grouping is not None else self.count
+        if cut is None or cut.top_n >= documents:
+            return
+        first = self.job.first_stage
+        order = list(range(documents))
+        if first is not None:
+            order.sort(key=lambda d: (-first[d], d))
+        rows: list[int] = []
+        for d in order[cut.top_n :]:
+            rows += self.grouping.rows[d].tolist() if self.grouping is not None else [d]
+        index = torch.tensor(rows, dtype=torch.long)
+        self.prob[index] = 0.0
+        self.logit[index] = -math.inf
+        self.exit_layer[index] = 0
+        self.active[index] = False
+        for r in rows:
+            self.reason[r] = ExitReason.CASCADE
+
     def stop_for_budget(self) -> None:
         """Every running row exits BUDGET with its latest score; rows never scored (probability 0, exit
         layer 0) keep their first-stage place where the job has first-stage scores, else the input order."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
+from matryoshka.engine.plan import CascadeExit, ConfidenceExit, FirstStageExit, Plan
 from matryoshka.model.matryoshka_model import ModelInfo, PlanSpec
 from matryoshka.model.width import WidthTarget
 
@@ -105,7 +105,10 @@ def defined_plan(info: ModelInfo, spec: PlanSpec, exits: ExitConfig | None) -> P
         cascade = CascadeExit(
             top_n=spec.cascade_top_n, margin=0.0, patience=info.num_layers, min_layer=spec.cascade_min_layer
         )
-    return Plan(depth=spec.depth, width=width, confidence=confidence, cascade=cascade)
+    first_stage = FirstStageExit(spec.first_stage_top_n) if spec.first_stage_top_n is not None else None
+    return Plan(
+        depth=spec.depth, width=width, confidence=confidence, cascade=cascade, first_stage=first_stage
+    )
 
 
 def named_plan(name: str, info: ModelInfo, exits: ExitConfig | None = None) -> Plan:
@@ -143,6 +146,8 @@ def describe_plan(plan: Plan) -> str:
     if plan.confidence is not None:
         c = plan.confidence
         parts.append(f"exit p<={c.irrelevant} or p>={c.relevant} from layer {c.min_layer}")
+    if plan.first_stage is not None:
+        parts.append(f"first stage top {plan.first_stage.top_n}")
     if plan.cascade is not None:
-        parts.append(f"cascade top {plan.cascade.top_n}")
+        parts.append(f"cascade top {plan.cascade.top_n} from layer {plan.cascade.min_layer}")
     return ", ".join(parts)

@@ -54,6 +54,14 @@ class CascadeExit:
 
 
 @dataclass(frozen=True)
+class FirstStageExit:
+    """The cascade's layer 0: only the first stage's best `top_n` documents (by first-stage score where
+    the request has them, else the input order) run the model; the others stop before layer 1."""
+
+    top_n: int
+
+
+@dataclass(frozen=True)
 class Budget:
     """Upper bounds for one request: wall-clock seconds from its start and/or FLOPs."""
 
@@ -64,18 +72,21 @@ class Budget:
 @dataclass(frozen=True)
 class Plan:
     """Depth (last layer; None = the model's full depth), width schedule (layer -> target, applied
-    after that layer), exit policies and budget. A plan without exits is a fixed-depth plan."""
+    after that layer), exit policies (confidence, cascade and the cascade's layer 0, `first_stage`) and
+    budget. A plan without exits is a fixed-depth plan."""
 
     depth: int | None = None
     width: Mapping[int, WidthTarget] = field(default_factory=dict)
     confidence: ConfidenceExit | None = None
     cascade: CascadeExit | None = None
     budget: Budget | None = None
+    first_stage: FirstStageExit | None = None
 
     @property
     def adaptive(self) -> bool:
         """True when candidates may stop before the plan's depth."""
-        return self.confidence is not None or self.cascade is not None or self.budget is not None
+        exits = (self.confidence, self.cascade, self.budget, self.first_stage)
+        return any(e is not None for e in exits)
 
     def resolve(self, info: ModelInfo) -> Plan:
         """This plan checked against a model, with depth filled in; raises PlanError."""
@@ -100,6 +111,8 @@ class Plan:
             _check_cascade(self.cascade, bound, add)
         if self.budget is not None:
             _check_budget(self.budget, add)
+        if self.first_stage is not None and self.first_stage.top_n < 1:
+            add(FieldViolation("first_stage.top_n", f"must be >= 1, got {self.first_stage.top_n}"))
         if violations:
             raise PlanError(violations)
         return replace(self, depth=depth, width=dict(sorted(self.width.items())))

@@ -19,7 +19,7 @@ from matryoshka.data.datasets import Qrels, Run
 from matryoshka.engine.fusion import fused_keys
 from matryoshka.engine.job import Job
 from matryoshka.engine.jobrun import JobRun
-from matryoshka.engine.plan import CascadeExit, ConfidenceExit, Plan
+from matryoshka.engine.plan import CascadeExit, ConfidenceExit, FirstStageExit, Plan
 from matryoshka.eval.metrics import evaluate
 from matryoshka.model.artifact import ArtifactError as ArtifactError  # re-exported: store_fusion raises it
 from matryoshka.model.artifact import read_manifest, set_fusion, shipped_artifact
@@ -73,6 +73,7 @@ def replay_query(
     first = [r["first_stage"] for r in rows] if fusion is not None else None
     run = JobRun(Job("replay", ["-"] * n, plan, first_stage=first), [1] * n, 0)
     run.fusion = fusion or {}
+    run.exit_by_first_stage()
     scorings = torch.zeros(n)
     for layer in head_layers:
         if not bool(run.active.any()) or layer > plan.depth:
@@ -87,7 +88,9 @@ def replay_query(
         run.exit(run.decide(layer), layer)
     layers = run.exit_layer.tolist()
     flops = sum(
-        rows[i]["layer_flops"][str(layers[i])] + float(scorings[i]) * rows[i]["score_flops"] for i in range(n)
+        (rows[i]["layer_flops"][str(layers[i])] if layers[i] else 0.0)  # exit layer 0: never ran
+        + float(scorings[i]) * rows[i]["score_flops"]
+        for i in range(n)
     )
     full = sum(r["full_flops"] for r in rows)
     probabilities = run.prob.tolist()
@@ -144,22 +147,34 @@ def fit_fusion(
 
 
 def replay_plans(
-    recording: Recording, margins: Sequence[float], irrelevant: Sequence[float], top_n: int = 10
+    recording: Recording,
+    margins: Sequence[float],
+    irrelevant: Sequence[float],
+    first_stage: Sequence[int] = (),
+    top_n: int = 10,
 ) -> list[tuple[str, Plan]]:
     """The plans a recording can replay: each head layer as the depth; from the head at or below 5/6 of
-    the depth, the top-`top_n` cascade at each margin and the confidence exit at each threshold."""
+    the depth, the top-`top_n` cascade at each margin and the confidence exit at each threshold; for
+    each n in `first_stage`, only the first stage's top n run: to full depth, and with the cascade at
+    margin 0."""
     heads = recording.head_layers
     last = recording.meta["num_layers"]
     start = max((h for h in heads if h <= 5 * last // 6), default=heads[0])
     plans = [(f"depth {d}", Plan(depth=d)) for d in heads]
     patience = len(heads) + 1  # the cascade's stability stop never fires: only its margin drops rows
+
+    def cascade(margin: float) -> CascadeExit:
+        return CascadeExit(top_n=top_n, margin=margin, patience=patience, min_layer=start)
+
     plans += [
-        (
-            f"cascade top {top_n} margin {m:g} from {start}",
-            Plan(depth=last, cascade=CascadeExit(top_n=top_n, margin=m, patience=patience, min_layer=start)),
-        )
+        (f"cascade top {top_n} margin {m:g} from {start}", Plan(depth=last, cascade=cascade(m)))
         for m in margins
     ]
+    for k in first_stage:
+        cut = FirstStageExit(top_n=k)
+        plans.append((f"first stage top {k}", Plan(depth=last, first_stage=cut)))
+        both = Plan(depth=last, first_stage=cut, cascade=cascade(0.0))
+        plans.append((f"first stage top {k} + cascade from {start}", both))
     plans += [
         (
             f"exit p<={t:g} or >=0.99 from {start}",
@@ -176,12 +191,13 @@ def replay_table(
     weights: Mapping[int, float],
     margins: Sequence[float],
     irrelevant: Sequence[float],
+    first_stage: Sequence[int] = (),
 ) -> list[str]:
     """One line per replayed plan: nDCG@10 ranked by probability and fused, FLOPs saved, mean exit layer."""
     level = recording.meta.get("relevance_level", 1)
     lines = [f"{'plan':<40} {'nDCG@10':>8} {'fused':>8} {'saved':>7} {'exit':>6}"]
     lines.append(f"{'first stage':<40} {ndcg10(first_stage_run(recording), qrels, level):8.4f}")
-    for label, plan in replay_plans(recording, margins, irrelevant):
+    for label, plan in replay_plans(recording, margins, irrelevant, first_stage):
         plain = replay(recording, plan)
         fused = replay(recording, plan, weights)
         mean_exit = sum(plain.exit_layers) / max(len(plain.exit_layers), 1)

@@ -50,14 +50,16 @@ class ModelInfo:
 @dataclass(frozen=True)
 class PlanSpec:
     """A named plan as an artifact defines it: depth (None = full), width schedule (layer -> passage
-    ratio), the first layer of a confidence exit (None = no confidence exit) and a top-n cascade
-    (candidates that cannot reach the `cascade_top_n` best stop, from `cascade_min_layer` on)."""
+    ratio), the first layer of a confidence exit (None = no confidence exit), a top-n cascade
+    (candidates that cannot reach the `cascade_top_n` best stop, from `cascade_min_layer` on) and its
+    layer 0 (only the first stage's `first_stage_top_n` best documents run; None = all)."""
 
     depth: int | None = None
     width: tuple[tuple[int, float], ...] = ()
     exit_min_layer: int | None = None
     cascade_top_n: int | None = None
     cascade_min_layer: int | None = None
+    first_stage_top_n: int | None = None
 
     @staticmethod
     def from_json(spec: Mapping[str, Any]) -> PlanSpec:
@@ -79,7 +81,7 @@ class PlanSpec:
         return out
 
 
-INTEGER_PLAN_FIELDS = ("depth", "exit_min_layer", "cascade_top_n", "cascade_min_layer")
+INTEGER_PLAN_FIELDS = ("depth", "exit_min_layer", "cascade_top_n", "cascade_min_layer", "first_stage_top_n")
 
 
 def make_template(name: str, tokenizer: Any, backbone: Backbone) -> PromptTemplate:

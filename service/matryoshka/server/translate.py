@@ -13,7 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from matryoshka.engine.plan import Budget, CascadeExit, ConfidenceExit, FieldViolation, Plan, PlanError
+from matryoshka.engine.plan import (
+    Budget,
+    CascadeExit,
+    ConfidenceExit,
+    FieldViolation,
+    FirstStageExit,
+    Plan,
+    PlanError,
+)
 from matryoshka.engine.reranker import ScoreType
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.prompt import Truncation
@@ -113,7 +121,14 @@ def to_call(
     first_stage = _first_stage(req, add)
     if v:
         raise InvalidRequest(v)
-    plan = Plan(depth=req.depth or None, width=width, confidence=confidence, cascade=cascade, budget=budget)
+    plan = Plan(
+        depth=req.depth or None,
+        width=width,
+        confidence=confidence,
+        cascade=cascade,
+        budget=budget,
+        first_stage=_first_stage_exit(req),
+    )
     try:
         resolved = plan.resolve(info)
     except PlanError as exc:
@@ -229,6 +244,12 @@ def _width(req: pb.RerankRequest, add: Add) -> dict[int, WidthTarget]:
     return width
 
 
+def _first_stage_exit(req: pb.RerankRequest) -> FirstStageExit | None:
+    """early_exit.first_stage (its top_n is checked by Plan.resolve)."""
+    ee = req.early_exit
+    return FirstStageExit(top_n=ee.first_stage.top_n) if ee.HasField("first_stage") else None
+
+
 def _early_exit(req: pb.RerankRequest, add: Add) -> tuple[ConfidenceExit | None, CascadeExit | None]:
     confidence = cascade = None
     ee = req.early_exit
@@ -274,7 +295,11 @@ def _budget(req: pb.RerankRequest, add: Add) -> Budget | None:
     return Budget(max_seconds=seconds, max_flops=flops)
 
 
-_RENAMES = {"confidence": "early_exit.confidence", "cascade": "early_exit.cascade"}
+_RENAMES = {
+    "confidence": "early_exit.confidence",
+    "cascade": "early_exit.cascade",
+    "first_stage": "early_exit.first_stage",
+}
 
 
 def _wire_field(v: FieldViolation, req: pb.RerankRequest) -> FieldViolation:

@@ -112,6 +112,7 @@ class RerankOptions(TypedDict, total=False):
     width: Sequence[WidthStep]
     confidence: ConfidenceExit | None
     cascade: CascadeExit | None
+    first_stage_top_n: int | None  # only the first stage's best N documents run; None = all
     budget: Budget | None
     score_type: ScoreType
     truncation: Truncation | None

@@ -171,6 +171,7 @@ def build_request(
     width: Sequence[WidthStep] = (),
     confidence: ConfidenceExit | None = None,
     cascade: CascadeExit | None = None,
+    first_stage_top_n: int | None = None,
     budget: Budget | None = None,
     score_type: ScoreType | None = None,
     truncation: Truncation | None = None,
@@ -188,10 +189,13 @@ def build_request(
     if not isinstance(query, str):
         raise TypeError(f"query must be a str, got {type(query).__name__}")
     early_exit = None
-    if confidence is not None or cascade is not None:
+    if confidence is not None or cascade is not None or first_stage_top_n is not None:
         early_exit = pb.EarlyExit(
             confidence=to_confidence(confidence) if confidence is not None else None,
             cascade=to_cascade(cascade) if cascade is not None else None,
+            first_stage=(
+                pb.FirstStageExit(top_n=first_stage_top_n) if first_stage_top_n is not None else None
+            ),
         )
     return pb.RerankRequest(
         model=model,

@@ -477,6 +477,7 @@ class EarlyExit(_message.Message):
 
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     CASCADE_FIELD_NUMBER: _builtins.int
+    FIRST_STAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def confidence(self) -> Global___ConfidenceExit:
         """Per-candidate exit on calibrated probability. Unset = off."""
@@ -485,15 +486,20 @@ class EarlyExit(_message.Message):
     def cascade(self) -> Global___CascadeExit:
         """Top-n cascade over the request's candidates. Unset = off."""
 
+    @_builtins.property
+    def first_stage(self) -> Global___FirstStageExit:
+        """The cascade's layer 0: only the first stage's best documents run the model. Unset = all run."""
+
     def __init__(
         self,
         *,
         confidence: Global___ConfidenceExit | None = ...,
         cascade: Global___CascadeExit | None = ...,
+        first_stage: Global___FirstStageExit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cascade", b"cascade", "confidence", b"confidence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cascade", b"cascade", "confidence", b"confidence", "first_stage", b"first_stage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cascade", b"cascade", "confidence", b"confidence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cascade", b"cascade", "confidence", b"confidence", "first_stage", b"first_stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -587,6 +593,36 @@ class CascadeExit(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__margin) -> _WhichOneofReturnType__margin | None: ...
 
 Global___CascadeExit: _TypeAlias = CascadeExit  # noqa: Y015
+
+@_typing.final
+class FirstStageExit(_message.Message):
+    """Layer 0 of the cascade, decided by the first stage: only its `top_n` best documents (by
+    first_stage_score where the documents carry it, ties by input order, else the input order) run the
+    model. The others stop before the first layer (exit_layer 0, score 0, exit_reason CASCADE) and keep
+    their first-stage place in the ranking; they cost nothing. With chunking, whole documents are kept or
+    stopped. Where the first stage's tail rarely reaches the top of the answer, this is the cheapest exit
+    there is (docs/results.md, issue #17).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_N_FIELD_NUMBER: _builtins.int
+    top_n: _builtins.int
+    """How many of the first stage's best documents run. Must be >= 1; a request with at most this many
+    documents runs them all.
+    """
+    def __init__(
+        self,
+        *,
+        top_n: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["top_n", b"top_n"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FirstStageExit: _TypeAlias = FirstStageExit  # noqa: Y015
 
 @_typing.final
 class Budget(_message.Message):

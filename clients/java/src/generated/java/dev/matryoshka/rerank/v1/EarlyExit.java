@@ -124,6 +124,44 @@ private static final long serialVersionUID = 0L;
     return cascade_ == null ? dev.matryoshka.rerank.v1.CascadeExit.getDefaultInstance() : cascade_;
   }
 
+  public static final int FIRST_STAGE_FIELD_NUMBER = 3;
+  private dev.matryoshka.rerank.v1.FirstStageExit firstStage_;
+  /**
+   * <pre>
+   * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+   * @return Whether the firstStage field is set.
+   */
+  @java.lang.Override
+  public boolean hasFirstStage() {
+    return firstStage_ != null;
+  }
+  /**
+   * <pre>
+   * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+   * @return The firstStage.
+   */
+  @java.lang.Override
+  public dev.matryoshka.rerank.v1.FirstStageExit getFirstStage() {
+    return firstStage_ == null ? dev.matryoshka.rerank.v1.FirstStageExit.getDefaultInstance() : firstStage_;
+  }
+  /**
+   * <pre>
+   * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+   */
+  @java.lang.Override
+  public dev.matryoshka.rerank.v1.FirstStageExitOrBuilder getFirstStageOrBuilder() {
+    return firstStage_ == null ? dev.matryoshka.rerank.v1.FirstStageExit.getDefaultInstance() : firstStage_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -144,6 +182,9 @@ private static final long serialVersionUID = 0L;
     if (cascade_ != null) {
       output.writeMessage(2, getCascade());
     }
+    if (firstStage_ != null) {
+      output.writeMessage(3, getFirstStage());
+    }
     getUnknownFields().writeTo(output);
   }
 
@@ -160,6 +201,10 @@ private static final long serialVersionUID = 0L;
     if (cascade_ != null) {
       size += com.google.protobuf.CodedOutputStream
         .computeMessageSize(2, getCascade());
+    }
+    if (firstStage_ != null) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(3, getFirstStage());
     }
     size += getUnknownFields().getSerializedSize();
     memoizedSize = size;
@@ -186,6 +231,11 @@ private static final long serialVersionUID = 0L;
       if (!getCascade()
           .equals(other.getCascade())) return false;
     }
+    if (hasFirstStage() != other.hasFirstStage()) return false;
+    if (hasFirstStage()) {
+      if (!getFirstStage()
+          .equals(other.getFirstStage())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -204,6 +254,10 @@ private static final long serialVersionUID = 0L;
     if (hasCascade()) {
       hash = (37 * hash) + CASCADE_FIELD_NUMBER;
       hash = (53 * hash) + getCascade().hashCode();
+    }
+    if (hasFirstStage()) {
+      hash = (37 * hash) + FIRST_STAGE_FIELD_NUMBER;
+      hash = (53 * hash) + getFirstStage().hashCode();
     }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
@@ -349,6 +403,11 @@ private static final long serialVersionUID = 0L;
         cascadeBuilder_.dispose();
         cascadeBuilder_ = null;
       }
+      firstStage_ = null;
+      if (firstStageBuilder_ != null) {
+        firstStageBuilder_.dispose();
+        firstStageBuilder_ = null;
+      }
       return this;
     }
 
@@ -391,6 +450,11 @@ private static final long serialVersionUID = 0L;
         result.cascade_ = cascadeBuilder_ == null
             ? cascade_
             : cascadeBuilder_.build();
+      }
+      if (((from_bitField0_ & 0x00000004) != 0)) {
+        result.firstStage_ = firstStageBuilder_ == null
+            ? firstStage_
+            : firstStageBuilder_.build();
       }
     }
 
@@ -444,6 +508,9 @@ private static final long serialVersionUID = 0L;
       if (other.hasCascade()) {
         mergeCascade(other.getCascade());
       }
+      if (other.hasFirstStage()) {
+        mergeFirstStage(other.getFirstStage());
+      }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
       return this;
@@ -484,6 +551,13 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000002;
               break;
             } // case 18
+            case 26: {
+              input.readMessage(
+                  getFirstStageFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00000004;
+              break;
+            } // case 26
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -809,6 +883,161 @@ private static final long serialVersionUID = 0L;
         cascade_ = null;
       }
       return cascadeBuilder_;
+    }
+
+    private dev.matryoshka.rerank.v1.FirstStageExit firstStage_;
+    private com.google.protobuf.SingleFieldBuilderV3<
+        dev.matryoshka.rerank.v1.FirstStageExit, dev.matryoshka.rerank.v1.FirstStageExit.Builder, dev.matryoshka.rerank.v1.FirstStageExitOrBuilder> firstStageBuilder_;
+    /**
+     * <pre>
+     * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+     * @return Whether the firstStage field is set.
+     */
+    public boolean hasFirstStage() {
+      return ((bitField0_ & 0x00000004) != 0);
+    }
+    /**
+     * <pre>
+     * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+     * @return The firstStage.
+     */
+    public dev.matryoshka.rerank.v1.FirstStageExit getFirstStage() {
+      if (firstStageBuilder_ == null) {
+        return firstStage_ == null ? dev.matryoshka.rerank.v1.FirstStageExit.getDefaultInstance() : firstStage_;
+      } else {
+        return firstStageBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+     */
+    public Builder setFirstStage(dev.matryoshka.rerank.v1.FirstStageExit value) {
+      if (firstStageBuilder_ == null) {
+        if (value == null) {
+          throw new NullPointerException();
+        }
+        firstStage_ = value;
+      } else {
+        firstStageBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00000004;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+     */
+    public Builder setFirstStage(
+        dev.matryoshka.rerank.v1.FirstStageExit.Builder builderForValue) {
+      if (firstStageBuilder_ == null) {
+        firstStage_ = builderForValue.build();
+      } else {
+        firstStageBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00000004;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+     */
+    public Builder mergeFirstStage(dev.matryoshka.rerank.v1.FirstStageExit value) {
+      if (firstStageBuilder_ == null) {
+        if (((bitField0_ & 0x00000004) != 0) &&
+          firstStage_ != null &&
+          firstStage_ != dev.matryoshka.rerank.v1.FirstStageExit.getDefaultInstance()) {
+          getFirstStageBuilder().mergeFrom(value);
+        } else {
+          firstStage_ = value;
+        }
+      } else {
+        firstStageBuilder_.mergeFrom(value);
+      }
+      bitField0_ |= 0x00000004;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+     */
+    public Builder clearFirstStage() {
+      bitField0_ = (bitField0_ & ~0x00000004);
+      firstStage_ = null;
+      if (firstStageBuilder_ != null) {
+        firstStageBuilder_.dispose();
+        firstStageBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+     */
+    public dev.matryoshka.rerank.v1.FirstStageExit.Builder getFirstStageBuilder() {
+      bitField0_ |= 0x00000004;
+      onChanged();
+      return getFirstStageFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+     */
+    public dev.matryoshka.rerank.v1.FirstStageExitOrBuilder getFirstStageOrBuilder() {
+      if (firstStageBuilder_ != null) {
+        return firstStageBuilder_.getMessageOrBuilder();
+      } else {
+        return firstStage_ == null ?
+            dev.matryoshka.rerank.v1.FirstStageExit.getDefaultInstance() : firstStage_;
+      }
+    }
+    /**
+     * <pre>
+     * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+     * </pre>
+     *
+     * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+     */
+    private com.google.protobuf.SingleFieldBuilderV3<
+        dev.matryoshka.rerank.v1.FirstStageExit, dev.matryoshka.rerank.v1.FirstStageExit.Builder, dev.matryoshka.rerank.v1.FirstStageExitOrBuilder> 
+        getFirstStageFieldBuilder() {
+      if (firstStageBuilder_ == null) {
+        firstStageBuilder_ = new com.google.protobuf.SingleFieldBuilderV3<
+            dev.matryoshka.rerank.v1.FirstStageExit, dev.matryoshka.rerank.v1.FirstStageExit.Builder, dev.matryoshka.rerank.v1.FirstStageExitOrBuilder>(
+                getFirstStage(),
+                getParentForChildren(),
+                isClean());
+        firstStage_ = null;
+      }
+      return firstStageBuilder_;
     }
     @java.lang.Override
     public final Builder setUnknownFields(

@@ -60,4 +60,31 @@ public interface EarlyExitOrBuilder extends
    * <code>.matryoshka.v1.CascadeExit cascade = 2;</code>
    */
   dev.matryoshka.rerank.v1.CascadeExitOrBuilder getCascadeOrBuilder();
+
+  /**
+   * <pre>
+   * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+   * @return Whether the firstStage field is set.
+   */
+  boolean hasFirstStage();
+  /**
+   * <pre>
+   * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+   * @return The firstStage.
+   */
+  dev.matryoshka.rerank.v1.FirstStageExit getFirstStage();
+  /**
+   * <pre>
+   * The cascade's layer 0: only the first stage's best documents run the model. Unset = all run.
+   * </pre>
+   *
+   * <code>.matryoshka.v1.FirstStageExit first_stage = 3;</code>
+   */
+  dev.matryoshka.rerank.v1.FirstStageExitOrBuilder getFirstStageOrBuilder();
 }

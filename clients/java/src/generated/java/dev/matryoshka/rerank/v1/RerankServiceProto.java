@@ -50,6 +50,11 @@ public final class RerankServiceProto {
     com.google.protobuf.GeneratedMessageV3.FieldAccessorTable
       internal_static_matryoshka_v1_CascadeExit_fieldAccessorTable;
   static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_matryoshka_v1_FirstStageExit_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessageV3.FieldAccessorTable
+      internal_static_matryoshka_v1_FirstStageExit_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
     internal_static_matryoshka_v1_Budget_descriptor;
   static final 
     com.google.protobuf.GeneratedMessageV3.FieldAccessorTable
@@ -144,97 +149,99 @@ public final class RerankServiceProto {
       "\001 \001(\t\022\014\n\004text\030\002 \001(\t\022\036\n\021first_stage_score" +
       "\030\003 \001(\001H\000\210\001\001B\024\n\022_first_stage_score\"G\n\tWid" +
       "thStep\022\r\n\005layer\030\001 \001(\005\022\017\n\005ratio\030\002 \001(\001H\000\022\020" +
-      "\n\006length\030\003 \001(\005H\000B\010\n\006target\"k\n\tEarlyExit\022" +
-      "1\n\nconfidence\030\001 \001(\0132\035.matryoshka.v1.Conf" +
-      "idenceExit\022+\n\007cascade\030\002 \001(\0132\032.matryoshka" +
-      ".v1.CascadeExit\"o\n\016ConfidenceExit\022\025\n\010rel" +
-      "evant\030\001 \001(\001H\000\210\001\001\022\027\n\nirrelevant\030\002 \001(\001H\001\210\001" +
-      "\001\022\021\n\tmin_layer\030\003 \001(\005B\013\n\t_relevantB\r\n\013_ir" +
-      "relevant\"a\n\013CascadeExit\022\r\n\005top_n\030\001 \001(\005\022\023" +
-      "\n\006margin\030\002 \001(\001H\000\210\001\001\022\020\n\010patience\030\003 \001(\005\022\021\n" +
-      "\tmin_layer\030\004 \001(\005B\t\n\007_margin\"^\n\006Budget\022.\n" +
-      "\013max_latency\030\001 \001(\0132\031.google.protobuf.Dur" +
-      "ation\022\026\n\tmax_flops\030\002 \001(\001H\000\210\001\001B\014\n\n_max_fl" +
-      "ops\"p\n\nTruncation\022\030\n\020max_query_tokens\030\001 " +
-      "\001(\005\022\033\n\023max_document_tokens\030\002 \001(\005\022+\n\004side" +
-      "\030\003 \001(\0162\035.matryoshka.v1.TruncationSide\"\276\001" +
-      "\n\016RerankResponse\022,\n\007results\030\001 \003(\0132\033.matr" +
-      "yoshka.v1.RerankResult\022#\n\005usage\030\002 \001(\0132\024." +
-      "matryoshka.v1.Usage\022%\n\006timing\030\003 \001(\0132\025.ma" +
-      "tryoshka.v1.Timing\022\017\n\007partial\030\004 \001(\010\022\r\n\005m" +
-      "odel\030\005 \001(\t\022\022\n\nrequest_id\030\006 \001(\t\"\307\001\n\014Reran" +
-      "kResult\022\r\n\005index\030\001 \001(\005\022\n\n\002id\030\002 \001(\t\022\r\n\005sc" +
-      "ore\030\003 \001(\001\022\022\n\nexit_layer\030\004 \001(\005\022.\n\013exit_re" +
-      "ason\030\005 \001(\0162\031.matryoshka.v1.ExitReason\022\025\n" +
-      "\010document\030\006 \001(\tH\000\210\001\001\022%\n\006window\030\007 \001(\0132\025.m" +
-      "atryoshka.v1.WindowB\013\n\t_document\"B\n\006Wind" +
-      "ow\022\r\n\005index\030\001 \001(\005\022\r\n\005count\030\002 \001(\005\022\r\n\005star" +
-      "t\030\003 \001(\005\022\013\n\003end\030\004 \001(\005\"\244\001\n\005Usage\022\024\n\014layer_" +
-      "tokens\030\001 \001(\003\022\r\n\005flops\030\002 \001(\001\022\022\n\nfull_flop" +
-      "s\030\003 \001(\001\022\023\n\013flops_saved\030\004 \001(\001\022\024\n\014cached_f" +
-      "lops\030\005 \001(\001\022\022\n\ncache_hits\030\006 \001(\005\022\025\n\rcache_" +
-      "resumed\030\007 \001(\005\022\014\n\004rows\030\010 \001(\005\"\210\001\n\006Timing\022(" +
-      "\n\005queue\030\001 \001(\0132\031.google.protobuf.Duration" +
-      "\022*\n\007compute\030\002 \001(\0132\031.google.protobuf.Dura" +
-      "tion\022(\n\005total\030\003 \001(\0132\031.google.protobuf.Du" +
-      "ration\"D\n\023StreamRerankRequest\022-\n\007request" +
-      "\030\001 \001(\0132\034.matryoshka.v1.RerankRequest\"\342\001\n" +
-      "\024StreamRerankResponse\022\r\n\005layer\030\001 \001(\005\022,\n\007" +
-      "results\030\002 \003(\0132\033.matryoshka.v1.RerankResu" +
-      "lt\022\r\n\005final\030\003 \001(\010\022#\n\005usage\030\004 \001(\0132\024.matry" +
-      "oshka.v1.Usage\022%\n\006timing\030\005 \001(\0132\025.matryos" +
-      "hka.v1.Timing\022\017\n\007partial\030\006 \001(\010\022\r\n\005model\030" +
-      "\007 \001(\t\022\022\n\nrequest_id\030\010 \001(\t\"$\n\023GetModelInf" +
-      "oRequest\022\r\n\005model\030\001 \001(\t\"@\n\024GetModelInfoR" +
-      "esponse\022(\n\006models\030\001 \003(\0132\030.matryoshka.v1." +
-      "ModelInfo\"\230\003\n\tModelInfo\022\014\n\004name\030\001 \001(\t\022*\n" +
-      "\006family\030\002 \001(\0162\032.matryoshka.v1.ModelFamil" +
-      "y\022\022\n\nnum_layers\030\003 \001(\005\022\023\n\013hidden_size\030\004 \001" +
-      "(\005\022\023\n\013head_layers\030\005 \003(\005\022+\n\007scoring\030\006 \001(\016" +
-      "2\032.matryoshka.v1.ScoringMode\022\024\n\014merge_ra" +
-      "tios\030\007 \003(\001\022*\n\006limits\030\010 \001(\0132\032.matryoshka." +
-      "v1.ModelLimits\0225\n\022default_truncation\030\t \001" +
-      "(\0132\031.matryoshka.v1.Truncation\022\033\n\023calibra" +
-      "tion_version\030\n \001(\t\022\023\n\013fingerprint\030\013 \001(\t\022" +
-      "\030\n\020template_version\030\014 \001(\t\022\022\n\nis_default\030" +
-      "\r \001(\010\022\r\n\005dtype\030\016 \001(\t\"\271\001\n\013ModelLimits\022\025\n\r" +
-      "max_documents\030\001 \001(\005\022\031\n\021max_request_bytes" +
-      "\030\002 \001(\003\022\030\n\020max_query_tokens\030\003 \001(\005\022\033\n\023max_" +
-      "document_tokens\030\004 \001(\005\022 \n\030max_windows_per" +
-      "_document\030\005 \001(\005\022\037\n\027max_windows_per_reque" +
-      "st\030\006 \001(\005*b\n\tAggregate\022\031\n\025AGGREGATE_UNSPE" +
-      "CIFIED\020\000\022\021\n\rAGGREGATE_MAX\020\001\022\023\n\017AGGREGATE" +
-      "_FIRST\020\002\022\022\n\016AGGREGATE_MEAN\020\003*Y\n\tScoreTyp" +
-      "e\022\032\n\026SCORE_TYPE_UNSPECIFIED\020\000\022\032\n\026SCORE_T" +
-      "YPE_PROBABILITY\020\001\022\024\n\020SCORE_TYPE_LOGIT\020\002*" +
-      "e\n\016TruncationSide\022\037\n\033TRUNCATION_SIDE_UNS" +
-      "PECIFIED\020\000\022\027\n\023TRUNCATION_SIDE_END\020\001\022\031\n\025T" +
-      "RUNCATION_SIDE_START\020\002*s\n\tCacheMode\022\032\n\026C" +
-      "ACHE_MODE_UNSPECIFIED\020\000\022\031\n\025CACHE_MODE_RE" +
-      "AD_WRITE\020\001\022\030\n\024CACHE_MODE_READ_ONLY\020\002\022\025\n\021" +
-      "CACHE_MODE_BYPASS\020\003*\356\001\n\nExitReason\022\033\n\027EX" +
-      "IT_REASON_UNSPECIFIED\020\000\022\025\n\021EXIT_REASON_D" +
-      "EPTH\020\001\022\"\n\036EXIT_REASON_CONFIDENT_RELEVANT" +
-      "\020\002\022$\n EXIT_REASON_CONFIDENT_IRRELEVANT\020\003" +
-      "\022\027\n\023EXIT_REASON_CASCADE\020\004\022\026\n\022EXIT_REASON" +
-      "_STABLE\020\005\022\026\n\022EXIT_REASON_BUDGET\020\006\022\031\n\025EXI" +
-      "T_REASON_CACHE_HIT\020\007*_\n\013ModelFamily\022\034\n\030M" +
-      "ODEL_FAMILY_UNSPECIFIED\020\000\022\030\n\024MODEL_FAMIL" +
-      "Y_DECODER\020\001\022\030\n\024MODEL_FAMILY_ENCODER\020\002*\177\n" +
-      "\013ScoringMode\022\034\n\030SCORING_MODE_UNSPECIFIED" +
-      "\020\000\022\026\n\022SCORING_MODE_HEADS\020\001\022!\n\035SCORING_MO" +
-      "DE_QUERY_LIKELIHOOD\020\002\022\027\n\023SCORING_MODE_CO" +
-      "SINE\020\0032\212\002\n\rRerankService\022E\n\006Rerank\022\034.mat" +
-      "ryoshka.v1.RerankRequest\032\035.matryoshka.v1" +
-      ".RerankResponse\022Y\n\014StreamRerank\022\".matryo" +
-      "shka.v1.StreamRerankRequest\032#.matryoshka" +
-      ".v1.StreamRerankResponse0\001\022W\n\014GetModelIn" +
-      "fo\022\".matryoshka.v1.GetModelInfoRequest\032#" +
-      ".matryoshka.v1.GetModelInfoResponseB\206\001\n\030" +
-      "dev.matryoshka.rerank.v1B\022RerankServiceP" +
-      "rotoP\001ZTgithub.com/matryoshka-rerank/mat" +
-      "ryoshka-rerank/clients/go/matryoshka/v1;" +
-      "matryoshkav1b\006proto3"
+      "\n\006length\030\003 \001(\005H\000B\010\n\006target\"\237\001\n\tEarlyExit" +
+      "\0221\n\nconfidence\030\001 \001(\0132\035.matryoshka.v1.Con" +
+      "fidenceExit\022+\n\007cascade\030\002 \001(\0132\032.matryoshk" +
+      "a.v1.CascadeExit\0222\n\013first_stage\030\003 \001(\0132\035." +
+      "matryoshka.v1.FirstStageExit\"o\n\016Confiden" +
+      "ceExit\022\025\n\010relevant\030\001 \001(\001H\000\210\001\001\022\027\n\nirrelev" +
+      "ant\030\002 \001(\001H\001\210\001\001\022\021\n\tmin_layer\030\003 \001(\005B\013\n\t_re" +
+      "levantB\r\n\013_irrelevant\"a\n\013CascadeExit\022\r\n\005" +
+      "top_n\030\001 \001(\005\022\023\n\006margin\030\002 \001(\001H\000\210\001\001\022\020\n\010pati" +
+      "ence\030\003 \001(\005\022\021\n\tmin_layer\030\004 \001(\005B\t\n\007_margin" +
+      "\"\037\n\016FirstStageExit\022\r\n\005top_n\030\001 \001(\005\"^\n\006Bud" +
+      "get\022.\n\013max_latency\030\001 \001(\0132\031.google.protob" +
+      "uf.Duration\022\026\n\tmax_flops\030\002 \001(\001H\000\210\001\001B\014\n\n_" +
+      "max_flops\"p\n\nTruncation\022\030\n\020max_query_tok" +
+      "ens\030\001 \001(\005\022\033\n\023max_document_tokens\030\002 \001(\005\022+" +
+      "\n\004side\030\003 \001(\0162\035.matryoshka.v1.TruncationS" +
+      "ide\"\276\001\n\016RerankResponse\022,\n\007results\030\001 \003(\0132" +
+      "\033.matryoshka.v1.RerankResult\022#\n\005usage\030\002 " +
+      "\001(\0132\024.matryoshka.v1.Usage\022%\n\006timing\030\003 \001(" +
+      "\0132\025.matryoshka.v1.Timing\022\017\n\007partial\030\004 \001(" +
+      "\010\022\r\n\005model\030\005 \001(\t\022\022\n\nrequest_id\030\006 \001(\t\"\307\001\n" +
+      "\014RerankResult\022\r\n\005index\030\001 \001(\005\022\n\n\002id\030\002 \001(\t" +
+      "\022\r\n\005score\030\003 \001(\001\022\022\n\nexit_layer\030\004 \001(\005\022.\n\013e" +
+      "xit_reason\030\005 \001(\0162\031.matryoshka.v1.ExitRea" +
+      "son\022\025\n\010document\030\006 \001(\tH\000\210\001\001\022%\n\006window\030\007 \001" +
+      "(\0132\025.matryoshka.v1.WindowB\013\n\t_document\"B" +
+      "\n\006Window\022\r\n\005index\030\001 \001(\005\022\r\n\005count\030\002 \001(\005\022\r" +
+      "\n\005start\030\003 \001(\005\022\013\n\003end\030\004 \001(\005\"\244\001\n\005Usage\022\024\n\014" +
+      "layer_tokens\030\001 \001(\003\022\r\n\005flops\030\002 \001(\001\022\022\n\nful" +
+      "l_flops\030\003 \001(\001\022\023\n\013flops_saved\030\004 \001(\001\022\024\n\014ca" +
+      "ched_flops\030\005 \001(\001\022\022\n\ncache_hits\030\006 \001(\005\022\025\n\r" +
+      "cache_resumed\030\007 \001(\005\022\014\n\004rows\030\010 \001(\005\"\210\001\n\006Ti" +
+      "ming\022(\n\005queue\030\001 \001(\0132\031.google.protobuf.Du" +
+      "ration\022*\n\007compute\030\002 \001(\0132\031.google.protobu" +
+      "f.Duration\022(\n\005total\030\003 \001(\0132\031.google.proto" +
+      "buf.Duration\"D\n\023StreamRerankRequest\022-\n\007r" +
+      "equest\030\001 \001(\0132\034.matryoshka.v1.RerankReque" +
+      "st\"\342\001\n\024StreamRerankResponse\022\r\n\005layer\030\001 \001" +
+      "(\005\022,\n\007results\030\002 \003(\0132\033.matryoshka.v1.Rera" +
+      "nkResult\022\r\n\005final\030\003 \001(\010\022#\n\005usage\030\004 \001(\0132\024" +
+      ".matryoshka.v1.Usage\022%\n\006timing\030\005 \001(\0132\025.m" +
+      "atryoshka.v1.Timing\022\017\n\007partial\030\006 \001(\010\022\r\n\005" +
+      "model\030\007 \001(\t\022\022\n\nrequest_id\030\010 \001(\t\"$\n\023GetMo" +
+      "delInfoRequest\022\r\n\005model\030\001 \001(\t\"@\n\024GetMode" +
+      "lInfoResponse\022(\n\006models\030\001 \003(\0132\030.matryosh" +
+      "ka.v1.ModelInfo\"\230\003\n\tModelInfo\022\014\n\004name\030\001 " +
+      "\001(\t\022*\n\006family\030\002 \001(\0162\032.matryoshka.v1.Mode" +
+      "lFamily\022\022\n\nnum_layers\030\003 \001(\005\022\023\n\013hidden_si" +
+      "ze\030\004 \001(\005\022\023\n\013head_layers\030\005 \003(\005\022+\n\007scoring" +
+      "\030\006 \001(\0162\032.matryoshka.v1.ScoringMode\022\024\n\014me" +
+      "rge_ratios\030\007 \003(\001\022*\n\006limits\030\010 \001(\0132\032.matry" +
+      "oshka.v1.ModelLimits\0225\n\022default_truncati" +
+      "on\030\t \001(\0132\031.matryoshka.v1.Truncation\022\033\n\023c" +
+      "alibration_version\030\n \001(\t\022\023\n\013fingerprint\030" +
+      "\013 \001(\t\022\030\n\020template_version\030\014 \001(\t\022\022\n\nis_de" +
+      "fault\030\r \001(\010\022\r\n\005dtype\030\016 \001(\t\"\271\001\n\013ModelLimi" +
+      "ts\022\025\n\rmax_documents\030\001 \001(\005\022\031\n\021max_request" +
+      "_bytes\030\002 \001(\003\022\030\n\020max_query_tokens\030\003 \001(\005\022\033" +
+      "\n\023max_document_tokens\030\004 \001(\005\022 \n\030max_windo" +
+      "ws_per_document\030\005 \001(\005\022\037\n\027max_windows_per" +
+      "_request\030\006 \001(\005*b\n\tAggregate\022\031\n\025AGGREGATE" +
+      "_UNSPECIFIED\020\000\022\021\n\rAGGREGATE_MAX\020\001\022\023\n\017AGG" +
+      "REGATE_FIRST\020\002\022\022\n\016AGGREGATE_MEAN\020\003*Y\n\tSc" +
+      "oreType\022\032\n\026SCORE_TYPE_UNSPECIFIED\020\000\022\032\n\026S" +
+      "CORE_TYPE_PROBABILITY\020\001\022\024\n\020SCORE_TYPE_LO" +
+      "GIT\020\002*e\n\016TruncationSide\022\037\n\033TRUNCATION_SI" +
+      "DE_UNSPECIFIED\020\000\022\027\n\023TRUNCATION_SIDE_END\020" +
+      "\001\022\031\n\025TRUNCATION_SIDE_START\020\002*s\n\tCacheMod" +
+      "e\022\032\n\026CACHE_MODE_UNSPECIFIED\020\000\022\031\n\025CACHE_M" +
+      "ODE_READ_WRITE\020\001\022\030\n\024CACHE_MODE_READ_ONLY" +
+      "\020\002\022\025\n\021CACHE_MODE_BYPASS\020\003*\356\001\n\nExitReason" +
+      "\022\033\n\027EXIT_REASON_UNSPECIFIED\020\000\022\025\n\021EXIT_RE" +
+      "ASON_DEPTH\020\001\022\"\n\036EXIT_REASON_CONFIDENT_RE" +
+      "LEVANT\020\002\022$\n EXIT_REASON_CONFIDENT_IRRELE" +
+      "VANT\020\003\022\027\n\023EXIT_REASON_CASCADE\020\004\022\026\n\022EXIT_" +
+      "REASON_STABLE\020\005\022\026\n\022EXIT_REASON_BUDGET\020\006\022" +
+      "\031\n\025EXIT_REASON_CACHE_HIT\020\007*_\n\013ModelFamil" +
+      "y\022\034\n\030MODEL_FAMILY_UNSPECIFIED\020\000\022\030\n\024MODEL" +
+      "_FAMILY_DECODER\020\001\022\030\n\024MODEL_FAMILY_ENCODE" +
+      "R\020\002*\177\n\013ScoringMode\022\034\n\030SCORING_MODE_UNSPE" +
+      "CIFIED\020\000\022\026\n\022SCORING_MODE_HEADS\020\001\022!\n\035SCOR" +
+      "ING_MODE_QUERY_LIKELIHOOD\020\002\022\027\n\023SCORING_M" +
+      "ODE_COSINE\020\0032\212\002\n\rRerankService\022E\n\006Rerank" +
+      "\022\034.matryoshka.v1.RerankRequest\032\035.matryos" +
+      "hka.v1.RerankResponse\022Y\n\014StreamRerank\022\"." +
+      "matryoshka.v1.StreamRerankRequest\032#.matr" +
+      "yoshka.v1.StreamRerankResponse0\001\022W\n\014GetM" +
+      "odelInfo\022\".matryoshka.v1.GetModelInfoReq" +
+      "uest\032#.matryoshka.v1.GetModelInfoRespons" +
+      "eB\206\001\n\030dev.matryoshka.rerank.v1B\022RerankSe" +
+      "rviceProtoP\001ZTgithub.com/matryoshka-rera" +
+      "nk/matryoshka-rerank/clients/go/matryosh" +
+      "ka/v1;matryoshkav1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -270,7 +277,7 @@ public final class RerankServiceProto {
     internal_static_matryoshka_v1_EarlyExit_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_EarlyExit_descriptor,
-        new java.lang.String[] { "Confidence", "Cascade", });
+        new java.lang.String[] { "Confidence", "Cascade", "FirstStage", });
     internal_static_matryoshka_v1_ConfidenceExit_descriptor =
       getDescriptor().getMessageTypes().get(5);
     internal_static_matryoshka_v1_ConfidenceExit_fieldAccessorTable = new
@@ -283,80 +290,86 @@ public final class RerankServiceProto {
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_CascadeExit_descriptor,
         new java.lang.String[] { "TopN", "Margin", "Patience", "MinLayer", "Margin", });
-    internal_static_matryoshka_v1_Budget_descriptor =
+    internal_static_matryoshka_v1_FirstStageExit_descriptor =
       getDescriptor().getMessageTypes().get(7);
+    internal_static_matryoshka_v1_FirstStageExit_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
+        internal_static_matryoshka_v1_FirstStageExit_descriptor,
+        new java.lang.String[] { "TopN", });
+    internal_static_matryoshka_v1_Budget_descriptor =
+      getDescriptor().getMessageTypes().get(8);
     internal_static_matryoshka_v1_Budget_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_Budget_descriptor,
         new java.lang.String[] { "MaxLatency", "MaxFlops", "MaxFlops", });
     internal_static_matryoshka_v1_Truncation_descriptor =
-      getDescriptor().getMessageTypes().get(8);
+      getDescriptor().getMessageTypes().get(9);
     internal_static_matryoshka_v1_Truncation_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_Truncation_descriptor,
         new java.lang.String[] { "MaxQueryTokens", "MaxDocumentTokens", "Side", });
     internal_static_matryoshka_v1_RerankResponse_descriptor =
-      getDescriptor().getMessageTypes().get(9);
+      getDescriptor().getMessageTypes().get(10);
     internal_static_matryoshka_v1_RerankResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_RerankResponse_descriptor,
         new java.lang.String[] { "Results", "Usage", "Timing", "Partial", "Model", "RequestId", });
     internal_static_matryoshka_v1_RerankResult_descriptor =
-      getDescriptor().getMessageTypes().get(10);
+      getDescriptor().getMessageTypes().get(11);
     internal_static_matryoshka_v1_RerankResult_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_RerankResult_descriptor,
         new java.lang.String[] { "Index", "Id", "Score", "ExitLayer", "ExitReason", "Document", "Window", "Document", });
     internal_static_matryoshka_v1_Window_descriptor =
-      getDescriptor().getMessageTypes().get(11);
+      getDescriptor().getMessageTypes().get(12);
     internal_static_matryoshka_v1_Window_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_Window_descriptor,
         new java.lang.String[] { "Index", "Count", "Start", "End", });
     internal_static_matryoshka_v1_Usage_descriptor =
-      getDescriptor().getMessageTypes().get(12);
+      getDescriptor().getMessageTypes().get(13);
     internal_static_matryoshka_v1_Usage_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_Usage_descriptor,
         new java.lang.String[] { "LayerTokens", "Flops", "FullFlops", "FlopsSaved", "CachedFlops", "CacheHits", "CacheResumed", "Rows", });
     internal_static_matryoshka_v1_Timing_descriptor =
-      getDescriptor().getMessageTypes().get(13);
+      getDescriptor().getMessageTypes().get(14);
     internal_static_matryoshka_v1_Timing_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_Timing_descriptor,
         new java.lang.String[] { "Queue", "Compute", "Total", });
     internal_static_matryoshka_v1_StreamRerankRequest_descriptor =
-      getDescriptor().getMessageTypes().get(14);
+      getDescriptor().getMessageTypes().get(15);
     internal_static_matryoshka_v1_StreamRerankRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_StreamRerankRequest_descriptor,
         new java.lang.String[] { "Request", });
     internal_static_matryoshka_v1_StreamRerankResponse_descriptor =
-      getDescriptor().getMessageTypes().get(15);
+      getDescriptor().getMessageTypes().get(16);
     internal_static_matryoshka_v1_StreamRerankResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_StreamRerankResponse_descriptor,
         new java.lang.String[] { "Layer", "Results", "Final", "Usage", "Timing", "Partial", "Model", "RequestId", });
     internal_static_matryoshka_v1_GetModelInfoRequest_descriptor =
-      getDescriptor().getMessageTypes().get(16);
+      getDescriptor().getMessageTypes().get(17);
     internal_static_matryoshka_v1_GetModelInfoRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_GetModelInfoRequest_descriptor,
         new java.lang.String[] { "Model", });
     internal_static_matryoshka_v1_GetModelInfoResponse_descriptor =
-      getDescriptor().getMessageTypes().get(17);
+      getDescriptor().getMessageTypes().get(18);
     internal_static_matryoshka_v1_GetModelInfoResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_GetModelInfoResponse_descriptor,
         new java.lang.String[] { "Models", });
     internal_static_matryoshka_v1_ModelInfo_descriptor =
-      getDescriptor().getMessageTypes().get(18);
+      getDescriptor().getMessageTypes().get(19);
     internal_static_matryoshka_v1_ModelInfo_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_ModelInfo_descriptor,
         new java.lang.String[] { "Name", "Family", "NumLayers", "HiddenSize", "HeadLayers", "Scoring", "MergeRatios", "Limits", "DefaultTruncation", "CalibrationVersion", "Fingerprint", "TemplateVersion", "IsDefault", "Dtype", });
     internal_static_matryoshka_v1_ModelLimits_descriptor =
-      getDescriptor().getMessageTypes().get(19);
+      getDescriptor().getMessageTypes().get(20);
     internal_static_matryoshka_v1_ModelLimits_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_ModelLimits_descriptor,
