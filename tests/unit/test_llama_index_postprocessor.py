@@ -102,6 +102,7 @@ def rerank(reranker: MatryoshkaPostprocessor, use_async: bool) -> list[NodeWithS
         ({"early_exit": {"relevant": 1.5}}, "early_exit.relevant is a probability"),
         ({"early_exit": {"min_layer": -1}}, "early_exit.min_layer"),
         ({"cascade": {"margin": -0.1}}, "cascade.margin"),
+        ({"first_stage_top_n": 0}, "first_stage_top_n"),
         ({"width": [{"layer": 3}]}, "set exactly one of ratio or length"),
         ({"width": [{"layer": 0, "ratio": 2.0}]}, "1-based"),
         ({"width": [{"layer": 3, "ratio": 0.5}]}, "ratio must be >= 1"),
@@ -134,6 +135,8 @@ def test_good_options_reach_the_request() -> None:
     assert options["confidence"].relevant == 0.9
     assert (options["depth"], options["top_n"]) == (20, 2)
     assert (options["chunking"], options["min_score"]) == (None, None)
+    assert options["first_stage_top_n"] is None
+    assert MatryoshkaPostprocessor(first_stage_top_n=50)._options()["first_stage_top_n"] == 50
 
 
 @pytest.mark.parametrize("use_async", [False, True])

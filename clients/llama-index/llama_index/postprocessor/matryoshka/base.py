@@ -68,6 +68,12 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
     cascade: CascadeExit | None = Field(
         default=None, description="Top-n cascade: drop trailing candidates, stop once the top is stable."
     )
+    first_stage_top_n: int | None = Field(
+        default=None,
+        ge=1,
+        description="Only the retriever's best N nodes run the model; the rest keep their retrieval order "
+        "below them at no cost. None = all run.",
+    )
     budget: float | timedelta | None = Field(
         default=None,
         description="Wall-clock budget (seconds or timedelta); when it runs out the server returns its "
@@ -210,6 +216,7 @@ class MatryoshkaPostprocessor(BaseNodePostprocessor):
             width=self.width,
             confidence=self.early_exit,
             cascade=self.cascade,
+            first_stage_top_n=self.first_stage_top_n,
             budget=budget,
             cache_mode=self.cache_mode,
             chunking=self.chunking,
