@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -13,9 +14,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from transformers import PreTrainedTokenizerFast
 
-from matryoshka.engine.plan import Budget, Plan
+from matryoshka.engine.plan import Budget, CascadeExit, FirstStageExit, Plan
 from matryoshka.engine.reranker import Reranker
-from matryoshka.model.matryoshka_model import MatryoshkaModel
+from matryoshka.model.matryoshka_model import MatryoshkaModel, PlanSpec
+from matryoshka.server.answer import budget_plan_text
 from matryoshka.server.settings import Settings
 from matryoshka.server.translate import to_call
 from matryoshka_client.proto import rerank_service_pb2 as pb
@@ -101,7 +103,7 @@ def test_scores_are_accepted_and_every_document_answered(channel: grpc.Channel) 
 
 
 def test_a_budget_only_request_keeps_the_full_plan_and_carries_the_scores(model: MatryoshkaModel) -> None:
-    """The lean family did not keep quality on held-out data (docs/results.md): no default change."""
+    """A model without a budget plan (ModelInfo.budget_plan) runs the full plan under the budget."""
     call = to_call(
         request(list(FIRST), budget=pb.Budget(max_flops=1e15)), {NAME: model.info}, NAME, Settings()
     )
@@ -129,3 +131,22 @@ def test_only_the_first_stage_top_n_run(channel: grpc.Channel) -> None:
 def test_a_first_stage_top_n_below_one_names_its_field(channel: grpc.Channel) -> None:
     bad = pb.EarlyExit(first_stage=pb.FirstStageExit(top_n=0))
     assert "early_exit.first_stage.top_n" in violations(channel, request(list(FIRST), early_exit=bad))
+
+
+def test_a_budget_only_request_runs_the_model_budget_plan(model: MatryoshkaModel) -> None:
+    """Where the model names a budget plan, a request giving only a budget runs it; one that shapes its
+    own plan (depth, width or early_exit) keeps its own."""
+    spec = PlanSpec(first_stage_top_n=2, cascade_top_n=1, cascade_min_layer=2)
+    info = replace(model.info, plans={"adaptive": spec}, budget_plan="adaptive")
+    budget = pb.Budget(max_flops=1e15)
+    call = to_call(request(list(FIRST), budget=budget), {NAME: info}, NAME, Settings())
+    expected = Plan(
+        first_stage=FirstStageExit(top_n=2),
+        cascade=CascadeExit(top_n=1, margin=0.0, patience=info.num_layers, min_layer=2),
+        budget=Budget(max_flops=1e15),
+    )
+    assert call.plan == expected.resolve(info)
+    own = to_call(request(list(FIRST), budget=budget, depth=3), {NAME: info}, NAME, Settings())
+    assert own.plan == Plan(depth=3, budget=Budget(max_flops=1e15)).resolve(info)
+    assert budget_plan_text(info) == "adaptive: full depth, first stage top 2, cascade top 1 from layer 2"
+    assert budget_plan_text(model.info) == ""

@@ -228,3 +228,17 @@ def test_teacher_embeddings_are_reused_only_for_the_same_rows_and_weights(
     stale = [line for line in logs if "recomputing" in line]
     assert len(stale) == 1  # the second run reused the first's, the third had other weights
     assert not list((tmp_path / "w").glob("*.partial"))
+
+
+def test_the_budget_plan_is_one_of_the_manifest_plans(base_artifact: Path) -> None:
+    manifest = json.loads((base_artifact / "manifest.json").read_text())
+    manifest["plans"] = {"adaptive": {"first_stage_top_n": 50}}
+    manifest["budget_plan"] = "adaptive"
+    (base_artifact / "manifest.json").write_text(json.dumps(manifest))
+    info = load_artifact(base_artifact).info
+    assert info.budget_plan == "adaptive"
+    assert info.plans["adaptive"].first_stage_top_n == 50
+    manifest["budget_plan"] = "light"
+    (base_artifact / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="`budget_plan` 'light' is not one of the manifest's `plans`"):
+        load_artifact(base_artifact)

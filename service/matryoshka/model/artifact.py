@@ -125,6 +125,7 @@ def save_artifact(
         "lora": lora.config if lora is not None else None,
         "compensation": _compensation_config(compensation),
         "plans": {name: spec.to_json() for name, spec in sorted(model.plans.items())},
+        **({"budget_plan": model.budget_plan} if model.budget_plan is not None else {}),
         "training": {"command": prov.command, "data": prov.data, "settings": prov.settings},
         "metrics": prov.metrics,
         "files": files,
@@ -214,6 +215,10 @@ def load_artifact(
         model.plans = {name: PlanSpec.from_json(spec) for name, spec in manifest.get("plans", {}).items()}
     except (TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path}: bad `plans` in the manifest ({exc})") from exc
+    model.budget_plan = manifest.get("budget_plan")
+    if model.budget_plan is not None and model.budget_plan not in model.plans:
+        name = model.budget_plan
+        raise ArtifactError(f"{path}: `budget_plan` {name!r} is not one of the manifest's `plans`")
     model.calibration_version = cal["version"]
     model.fusion = {int(layer): float(w) for layer, w in cal.get("fusion", {}).items()}
     model.fusion_fitted_on = cal.get("fusion_fitted_on")

@@ -45,6 +45,8 @@ class ModelInfo:
     merge_ratios: tuple[float, ...] = ()  # width ratios the model was trained to compress by
     # named plans the model's artifact defines for itself (PlanSpec), overriding the generic ones
     plans: Mapping[str, PlanSpec] = field(default_factory=dict, compare=False)
+    # the one of `plans` a request that gives only a budget runs (None: the full plan)
+    budget_plan: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class MatryoshkaModel(nn.Module):
         self.uniform_width = False
         self.merge_ratios: tuple[float, ...] = ()
         self.plans: dict[str, PlanSpec] = {}  # named plans the artifact defines (PlanSpec)
+        self.budget_plan: str | None = None  # the one of `plans` budget-only requests run (None: full)
         self.eval()
 
     @classmethod
@@ -220,6 +223,7 @@ class MatryoshkaModel(nn.Module):
             calibration_version=self.calibration_version,
             merge_ratios=self.merge_ratios,
             plans=dict(self.plans),
+            budget_plan=self.budget_plan,
         )
 
     def encode(self, query: str, passages: list[str], truncation: Truncation) -> list[EncodedPair]:

@@ -10,6 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from matryoshka.engine.exits import ExitReason
 from matryoshka.engine.job import JobResult, Outcome
+from matryoshka.engine.named_plans import describe_plan, named_plan
 from matryoshka.engine.reranker import rank
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.server.settings import Settings
@@ -128,4 +129,12 @@ def to_model_info(
         template_version=info.template_version,
         is_default=is_default,
         dtype=dtype,
+        budget_plan=budget_plan_text(info),
     )
+
+
+def budget_plan_text(info: ModelInfo) -> str:
+    """ModelInfo.budget_plan: "name: shape" of the plan budget-only requests run ("" = the full plan)."""
+    if info.budget_plan is None:
+        return ""
+    return f"{info.budget_plan}: {describe_plan(named_plan(info.budget_plan, info))}"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from matryoshka.engine.named_plans import named_plan
 from matryoshka.engine.plan import (
     Budget,
     CascadeExit,
@@ -129,6 +130,9 @@ def to_call(
         budget=budget,
         first_stage=_first_stage_exit(req),
     )
+    shaped = req.depth or req.width or req.HasField("early_exit")
+    if budget is not None and not shaped and info.budget_plan is not None:
+        plan = replace(named_plan(info.budget_plan, info), budget=budget)  # the model's budget plan
     try:
         resolved = plan.resolve(info)
     except PlanError as exc:

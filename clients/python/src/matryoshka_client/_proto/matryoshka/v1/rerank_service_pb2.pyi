@@ -317,7 +317,9 @@ class RerankRequest(_message.Message):
     @_builtins.property
     def budget(self) -> Global___Budget:
         """Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-        has (partial = true). Unset = no budget (the gRPC deadline still applies).
+        has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+        budget and none of depth, width and early_exit runs the model's budget plan
+        (ModelInfo.budget_plan) under it.
         """
 
     @_builtins.property
@@ -1081,6 +1083,7 @@ class ModelInfo(_message.Message):
     TEMPLATE_VERSION_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
+    BUDGET_PLAN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The name to pass as RerankRequest.model."""
     family: Global___ModelFamily.ValueType
@@ -1104,6 +1107,11 @@ class ModelInfo(_message.Message):
     dtype: _builtins.str
     """Floating-point type the model runs in ("float32" or "bfloat16"); with the server's dtype setting at
     "auto" it is chosen at start-up by which is faster on this machine.
+    """
+    budget_plan: _builtins.str
+    """What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+    of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+    the full plan.
     """
     @_builtins.property
     def head_layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -1142,10 +1150,11 @@ class ModelInfo(_message.Message):
         template_version: _builtins.str = ...,
         is_default: _builtins.bool = ...,
         dtype: _builtins.str = ...,
+        budget_plan: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_truncation", b"default_truncation", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration_version", b"calibration_version", "default_truncation", b"default_truncation", "dtype", b"dtype", "family", b"family", "fingerprint", b"fingerprint", "head_layers", b"head_layers", "hidden_size", b"hidden_size", "is_default", b"is_default", "limits", b"limits", "merge_ratios", b"merge_ratios", "name", b"name", "num_layers", b"num_layers", "scoring", b"scoring", "template_version", b"template_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_plan", b"budget_plan", "calibration_version", b"calibration_version", "default_truncation", b"default_truncation", "dtype", b"dtype", "family", b"family", "fingerprint", b"fingerprint", "head_layers", b"head_layers", "hidden_size", b"hidden_size", "is_default", b"is_default", "limits", b"limits", "merge_ratios", b"merge_ratios", "name", b"name", "num_layers", b"num_layers", "scoring", b"scoring", "template_version", b"template_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,6 +29,7 @@ private static final long serialVersionUID = 0L;
     fingerprint_ = "";
     templateVersion_ = "";
     dtype_ = "";
+    budgetPlan_ = "";
   }
 
   @java.lang.Override
@@ -556,6 +557,57 @@ private static final long serialVersionUID = 0L;
     }
   }
 
+  public static final int BUDGET_PLAN_FIELD_NUMBER = 15;
+  @SuppressWarnings("serial")
+  private volatile java.lang.Object budgetPlan_ = "";
+  /**
+   * <pre>
+   * What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+   * of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+   * the full plan.
+   * </pre>
+   *
+   * <code>string budget_plan = 15;</code>
+   * @return The budgetPlan.
+   */
+  @java.lang.Override
+  public java.lang.String getBudgetPlan() {
+    java.lang.Object ref = budgetPlan_;
+    if (ref instanceof java.lang.String) {
+      return (java.lang.String) ref;
+    } else {
+      com.google.protobuf.ByteString bs = 
+          (com.google.protobuf.ByteString) ref;
+      java.lang.String s = bs.toStringUtf8();
+      budgetPlan_ = s;
+      return s;
+    }
+  }
+  /**
+   * <pre>
+   * What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+   * of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+   * the full plan.
+   * </pre>
+   *
+   * <code>string budget_plan = 15;</code>
+   * @return The bytes for budgetPlan.
+   */
+  @java.lang.Override
+  public com.google.protobuf.ByteString
+      getBudgetPlanBytes() {
+    java.lang.Object ref = budgetPlan_;
+    if (ref instanceof java.lang.String) {
+      com.google.protobuf.ByteString b = 
+          com.google.protobuf.ByteString.copyFromUtf8(
+              (java.lang.String) ref);
+      budgetPlan_ = b;
+      return b;
+    } else {
+      return (com.google.protobuf.ByteString) ref;
+    }
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -620,6 +672,9 @@ private static final long serialVersionUID = 0L;
     }
     if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(dtype_)) {
       com.google.protobuf.GeneratedMessageV3.writeString(output, 14, dtype_);
+    }
+    if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(budgetPlan_)) {
+      com.google.protobuf.GeneratedMessageV3.writeString(output, 15, budgetPlan_);
     }
     getUnknownFields().writeTo(output);
   }
@@ -698,6 +753,9 @@ private static final long serialVersionUID = 0L;
     if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(dtype_)) {
       size += com.google.protobuf.GeneratedMessageV3.computeStringSize(14, dtype_);
     }
+    if (!com.google.protobuf.GeneratedMessageV3.isStringEmpty(budgetPlan_)) {
+      size += com.google.protobuf.GeneratedMessageV3.computeStringSize(15, budgetPlan_);
+    }
     size += getUnknownFields().getSerializedSize();
     memoizedSize = size;
     return size;
@@ -745,6 +803,8 @@ private static final long serialVersionUID = 0L;
         != other.getIsDefault()) return false;
     if (!getDtype()
         .equals(other.getDtype())) return false;
+    if (!getBudgetPlan()
+        .equals(other.getBudgetPlan())) return false;
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -793,6 +853,8 @@ private static final long serialVersionUID = 0L;
         getIsDefault());
     hash = (37 * hash) + DTYPE_FIELD_NUMBER;
     hash = (53 * hash) + getDtype().hashCode();
+    hash = (37 * hash) + BUDGET_PLAN_FIELD_NUMBER;
+    hash = (53 * hash) + getBudgetPlan().hashCode();
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -948,6 +1010,7 @@ private static final long serialVersionUID = 0L;
       templateVersion_ = "";
       isDefault_ = false;
       dtype_ = "";
+      budgetPlan_ = "";
       return this;
     }
 
@@ -1034,6 +1097,9 @@ private static final long serialVersionUID = 0L;
       }
       if (((from_bitField0_ & 0x00002000) != 0)) {
         result.dtype_ = dtype_;
+      }
+      if (((from_bitField0_ & 0x00004000) != 0)) {
+        result.budgetPlan_ = budgetPlan_;
       }
     }
 
@@ -1145,6 +1211,11 @@ private static final long serialVersionUID = 0L;
       if (!other.getDtype().isEmpty()) {
         dtype_ = other.dtype_;
         bitField0_ |= 0x00002000;
+        onChanged();
+      }
+      if (!other.getBudgetPlan().isEmpty()) {
+        budgetPlan_ = other.budgetPlan_;
+        bitField0_ |= 0x00004000;
         onChanged();
       }
       this.mergeUnknownFields(other.getUnknownFields());
@@ -1269,6 +1340,11 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00002000;
               break;
             } // case 114
+            case 122: {
+              budgetPlan_ = input.readStringRequireUtf8();
+              bitField0_ |= 0x00004000;
+              break;
+            } // case 122
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -2572,6 +2648,108 @@ private static final long serialVersionUID = 0L;
       checkByteStringIsUtf8(value);
       dtype_ = value;
       bitField0_ |= 0x00002000;
+      onChanged();
+      return this;
+    }
+
+    private java.lang.Object budgetPlan_ = "";
+    /**
+     * <pre>
+     * What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+     * of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+     * the full plan.
+     * </pre>
+     *
+     * <code>string budget_plan = 15;</code>
+     * @return The budgetPlan.
+     */
+    public java.lang.String getBudgetPlan() {
+      java.lang.Object ref = budgetPlan_;
+      if (!(ref instanceof java.lang.String)) {
+        com.google.protobuf.ByteString bs =
+            (com.google.protobuf.ByteString) ref;
+        java.lang.String s = bs.toStringUtf8();
+        budgetPlan_ = s;
+        return s;
+      } else {
+        return (java.lang.String) ref;
+      }
+    }
+    /**
+     * <pre>
+     * What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+     * of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+     * the full plan.
+     * </pre>
+     *
+     * <code>string budget_plan = 15;</code>
+     * @return The bytes for budgetPlan.
+     */
+    public com.google.protobuf.ByteString
+        getBudgetPlanBytes() {
+      java.lang.Object ref = budgetPlan_;
+      if (ref instanceof String) {
+        com.google.protobuf.ByteString b = 
+            com.google.protobuf.ByteString.copyFromUtf8(
+                (java.lang.String) ref);
+        budgetPlan_ = b;
+        return b;
+      } else {
+        return (com.google.protobuf.ByteString) ref;
+      }
+    }
+    /**
+     * <pre>
+     * What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+     * of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+     * the full plan.
+     * </pre>
+     *
+     * <code>string budget_plan = 15;</code>
+     * @param value The budgetPlan to set.
+     * @return This builder for chaining.
+     */
+    public Builder setBudgetPlan(
+        java.lang.String value) {
+      if (value == null) { throw new NullPointerException(); }
+      budgetPlan_ = value;
+      bitField0_ |= 0x00004000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+     * of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+     * the full plan.
+     * </pre>
+     *
+     * <code>string budget_plan = 15;</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearBudgetPlan() {
+      budgetPlan_ = getDefaultInstance().getBudgetPlan();
+      bitField0_ = (bitField0_ & ~0x00004000);
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+     * of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+     * the full plan.
+     * </pre>
+     *
+     * <code>string budget_plan = 15;</code>
+     * @param value The bytes for budgetPlan to set.
+     * @return This builder for chaining.
+     */
+    public Builder setBudgetPlanBytes(
+        com.google.protobuf.ByteString value) {
+      if (value == null) { throw new NullPointerException(); }
+      checkByteStringIsUtf8(value);
+      budgetPlan_ = value;
+      bitField0_ |= 0x00004000;
       onChanged();
       return this;
     }

@@ -296,4 +296,28 @@ public interface ModelInfoOrBuilder extends
    */
   com.google.protobuf.ByteString
       getDtypeBytes();
+
+  /**
+   * <pre>
+   * What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+   * of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+   * the full plan.
+   * </pre>
+   *
+   * <code>string budget_plan = 15;</code>
+   * @return The budgetPlan.
+   */
+  java.lang.String getBudgetPlan();
+  /**
+   * <pre>
+   * What a request that sets only `budget` (none of depth, width, early_exit) runs under it: the name
+   * of the model's budget plan and its shape, e.g. "adaptive: full depth, first stage top 50". Empty =
+   * the full plan.
+   * </pre>
+   *
+   * <code>string budget_plan = 15;</code>
+   * @return The bytes for budgetPlan.
+   */
+  com.google.protobuf.ByteString
+      getBudgetPlanBytes();
 }

@@ -370,7 +370,9 @@ private static final long serialVersionUID = 0L;
   /**
    * <pre>
    * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-   * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+   * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+   * budget and none of depth, width and early_exit runs the model's budget plan
+   * (ModelInfo.budget_plan) under it.
    * </pre>
    *
    * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -383,7 +385,9 @@ private static final long serialVersionUID = 0L;
   /**
    * <pre>
    * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-   * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+   * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+   * budget and none of depth, width and early_exit runs the model's budget plan
+   * (ModelInfo.budget_plan) under it.
    * </pre>
    *
    * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -396,7 +400,9 @@ private static final long serialVersionUID = 0L;
   /**
    * <pre>
    * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-   * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+   * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+   * budget and none of depth, width and early_exit runs the model's budget plan
+   * (ModelInfo.budget_plan) under it.
    * </pre>
    *
    * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -2564,7 +2570,9 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-     * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+     * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+     * budget and none of depth, width and early_exit runs the model's budget plan
+     * (ModelInfo.budget_plan) under it.
      * </pre>
      *
      * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -2576,7 +2584,9 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-     * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+     * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+     * budget and none of depth, width and early_exit runs the model's budget plan
+     * (ModelInfo.budget_plan) under it.
      * </pre>
      *
      * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -2592,7 +2602,9 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-     * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+     * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+     * budget and none of depth, width and early_exit runs the model's budget plan
+     * (ModelInfo.budget_plan) under it.
      * </pre>
      *
      * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -2613,7 +2625,9 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-     * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+     * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+     * budget and none of depth, width and early_exit runs the model's budget plan
+     * (ModelInfo.budget_plan) under it.
      * </pre>
      *
      * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -2632,7 +2646,9 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-     * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+     * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+     * budget and none of depth, width and early_exit runs the model's budget plan
+     * (ModelInfo.budget_plan) under it.
      * </pre>
      *
      * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -2656,7 +2672,9 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-     * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+     * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+     * budget and none of depth, width and early_exit runs the model's budget plan
+     * (ModelInfo.budget_plan) under it.
      * </pre>
      *
      * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -2674,7 +2692,9 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-     * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+     * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+     * budget and none of depth, width and early_exit runs the model's budget plan
+     * (ModelInfo.budget_plan) under it.
      * </pre>
      *
      * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -2687,7 +2707,9 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-     * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+     * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+     * budget and none of depth, width and early_exit runs the model's budget plan
+     * (ModelInfo.budget_plan) under it.
      * </pre>
      *
      * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -2703,7 +2725,9 @@ private static final long serialVersionUID = 0L;
     /**
      * <pre>
      * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-     * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+     * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+     * budget and none of depth, width and early_exit runs the model's budget plan
+     * (ModelInfo.budget_plan) under it.
      * </pre>
      *
      * <code>.matryoshka.v1.Budget budget = 9;</code>

@@ -206,7 +206,9 @@ public interface RerankRequestOrBuilder extends
   /**
    * <pre>
    * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-   * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+   * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+   * budget and none of depth, width and early_exit runs the model's budget plan
+   * (ModelInfo.budget_plan) under it.
    * </pre>
    *
    * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -216,7 +218,9 @@ public interface RerankRequestOrBuilder extends
   /**
    * <pre>
    * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-   * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+   * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+   * budget and none of depth, width and early_exit runs the model's budget plan
+   * (ModelInfo.budget_plan) under it.
    * </pre>
    *
    * <code>.matryoshka.v1.Budget budget = 9;</code>
@@ -226,7 +230,9 @@ public interface RerankRequestOrBuilder extends
   /**
    * <pre>
    * Time and/or compute limits; when the next layer would not fit, the run stops and returns what it
-   * has (partial = true). Unset = no budget (the gRPC deadline still applies).
+   * has (partial = true). Unset = no budget (the gRPC deadline still applies). A request that sets
+   * budget and none of depth, width and early_exit runs the model's budget plan
+   * (ModelInfo.budget_plan) under it.
    * </pre>
    *
    * <code>.matryoshka.v1.Budget budget = 9;</code>

@@ -194,7 +194,7 @@ public final class RerankServiceProto {
       "model\030\007 \001(\t\022\022\n\nrequest_id\030\010 \001(\t\"$\n\023GetMo" +
       "delInfoRequest\022\r\n\005model\030\001 \001(\t\"@\n\024GetMode" +
       "lInfoResponse\022(\n\006models\030\001 \003(\0132\030.matryosh" +
-      "ka.v1.ModelInfo\"\230\003\n\tModelInfo\022\014\n\004name\030\001 " +
+      "ka.v1.ModelInfo\"\255\003\n\tModelInfo\022\014\n\004name\030\001 " +
       "\001(\t\022*\n\006family\030\002 \001(\0162\032.matryoshka.v1.Mode" +
       "lFamily\022\022\n\nnum_layers\030\003 \001(\005\022\023\n\013hidden_si" +
       "ze\030\004 \001(\005\022\023\n\013head_layers\030\005 \003(\005\022+\n\007scoring" +
@@ -204,44 +204,45 @@ public final class RerankServiceProto {
       "on\030\t \001(\0132\031.matryoshka.v1.Truncation\022\033\n\023c" +
       "alibration_version\030\n \001(\t\022\023\n\013fingerprint\030" +
       "\013 \001(\t\022\030\n\020template_version\030\014 \001(\t\022\022\n\nis_de" +
-      "fault\030\r \001(\010\022\r\n\005dtype\030\016 \001(\t\"\271\001\n\013ModelLimi" +
-      "ts\022\025\n\rmax_documents\030\001 \001(\005\022\031\n\021max_request" +
-      "_bytes\030\002 \001(\003\022\030\n\020max_query_tokens\030\003 \001(\005\022\033" +
-      "\n\023max_document_tokens\030\004 \001(\005\022 \n\030max_windo" +
-      "ws_per_document\030\005 \001(\005\022\037\n\027max_windows_per" +
-      "_request\030\006 \001(\005*b\n\tAggregate\022\031\n\025AGGREGATE" +
-      "_UNSPECIFIED\020\000\022\021\n\rAGGREGATE_MAX\020\001\022\023\n\017AGG" +
-      "REGATE_FIRST\020\002\022\022\n\016AGGREGATE_MEAN\020\003*Y\n\tSc" +
-      "oreType\022\032\n\026SCORE_TYPE_UNSPECIFIED\020\000\022\032\n\026S" +
-      "CORE_TYPE_PROBABILITY\020\001\022\024\n\020SCORE_TYPE_LO" +
-      "GIT\020\002*e\n\016TruncationSide\022\037\n\033TRUNCATION_SI" +
-      "DE_UNSPECIFIED\020\000\022\027\n\023TRUNCATION_SIDE_END\020" +
-      "\001\022\031\n\025TRUNCATION_SIDE_START\020\002*s\n\tCacheMod" +
-      "e\022\032\n\026CACHE_MODE_UNSPECIFIED\020\000\022\031\n\025CACHE_M" +
-      "ODE_READ_WRITE\020\001\022\030\n\024CACHE_MODE_READ_ONLY" +
-      "\020\002\022\025\n\021CACHE_MODE_BYPASS\020\003*\356\001\n\nExitReason" +
-      "\022\033\n\027EXIT_REASON_UNSPECIFIED\020\000\022\025\n\021EXIT_RE" +
-      "ASON_DEPTH\020\001\022\"\n\036EXIT_REASON_CONFIDENT_RE" +
-      "LEVANT\020\002\022$\n EXIT_REASON_CONFIDENT_IRRELE" +
-      "VANT\020\003\022\027\n\023EXIT_REASON_CASCADE\020\004\022\026\n\022EXIT_" +
-      "REASON_STABLE\020\005\022\026\n\022EXIT_REASON_BUDGET\020\006\022" +
-      "\031\n\025EXIT_REASON_CACHE_HIT\020\007*_\n\013ModelFamil" +
-      "y\022\034\n\030MODEL_FAMILY_UNSPECIFIED\020\000\022\030\n\024MODEL" +
-      "_FAMILY_DECODER\020\001\022\030\n\024MODEL_FAMILY_ENCODE" +
-      "R\020\002*\177\n\013ScoringMode\022\034\n\030SCORING_MODE_UNSPE" +
-      "CIFIED\020\000\022\026\n\022SCORING_MODE_HEADS\020\001\022!\n\035SCOR" +
-      "ING_MODE_QUERY_LIKELIHOOD\020\002\022\027\n\023SCORING_M" +
-      "ODE_COSINE\020\0032\212\002\n\rRerankService\022E\n\006Rerank" +
-      "\022\034.matryoshka.v1.RerankRequest\032\035.matryos" +
-      "hka.v1.RerankResponse\022Y\n\014StreamRerank\022\"." +
-      "matryoshka.v1.StreamRerankRequest\032#.matr" +
-      "yoshka.v1.StreamRerankResponse0\001\022W\n\014GetM" +
-      "odelInfo\022\".matryoshka.v1.GetModelInfoReq" +
-      "uest\032#.matryoshka.v1.GetModelInfoRespons" +
-      "eB\206\001\n\030dev.matryoshka.rerank.v1B\022RerankSe" +
-      "rviceProtoP\001ZTgithub.com/matryoshka-rera" +
-      "nk/matryoshka-rerank/clients/go/matryosh" +
-      "ka/v1;matryoshkav1b\006proto3"
+      "fault\030\r \001(\010\022\r\n\005dtype\030\016 \001(\t\022\023\n\013budget_pla" +
+      "n\030\017 \001(\t\"\271\001\n\013ModelLimits\022\025\n\rmax_documents" +
+      "\030\001 \001(\005\022\031\n\021max_request_bytes\030\002 \001(\003\022\030\n\020max" +
+      "_query_tokens\030\003 \001(\005\022\033\n\023max_document_toke" +
+      "ns\030\004 \001(\005\022 \n\030max_windows_per_document\030\005 \001" +
+      "(\005\022\037\n\027max_windows_per_request\030\006 \001(\005*b\n\tA" +
+      "ggregate\022\031\n\025AGGREGATE_UNSPECIFIED\020\000\022\021\n\rA" +
+      "GGREGATE_MAX\020\001\022\023\n\017AGGREGATE_FIRST\020\002\022\022\n\016A" +
+      "GGREGATE_MEAN\020\003*Y\n\tScoreType\022\032\n\026SCORE_TY" +
+      "PE_UNSPECIFIED\020\000\022\032\n\026SCORE_TYPE_PROBABILI" +
+      "TY\020\001\022\024\n\020SCORE_TYPE_LOGIT\020\002*e\n\016Truncation" +
+      "Side\022\037\n\033TRUNCATION_SIDE_UNSPECIFIED\020\000\022\027\n" +
+      "\023TRUNCATION_SIDE_END\020\001\022\031\n\025TRUNCATION_SID" +
+      "E_START\020\002*s\n\tCacheMode\022\032\n\026CACHE_MODE_UNS" +
+      "PECIFIED\020\000\022\031\n\025CACHE_MODE_READ_WRITE\020\001\022\030\n" +
+      "\024CACHE_MODE_READ_ONLY\020\002\022\025\n\021CACHE_MODE_BY" +
+      "PASS\020\003*\356\001\n\nExitReason\022\033\n\027EXIT_REASON_UNS" +
+      "PECIFIED\020\000\022\025\n\021EXIT_REASON_DEPTH\020\001\022\"\n\036EXI" +
+      "T_REASON_CONFIDENT_RELEVANT\020\002\022$\n EXIT_RE" +
+      "ASON_CONFIDENT_IRRELEVANT\020\003\022\027\n\023EXIT_REAS" +
+      "ON_CASCADE\020\004\022\026\n\022EXIT_REASON_STABLE\020\005\022\026\n\022" +
+      "EXIT_REASON_BUDGET\020\006\022\031\n\025EXIT_REASON_CACH" +
+      "E_HIT\020\007*_\n\013ModelFamily\022\034\n\030MODEL_FAMILY_U" +
+      "NSPECIFIED\020\000\022\030\n\024MODEL_FAMILY_DECODER\020\001\022\030" +
+      "\n\024MODEL_FAMILY_ENCODER\020\002*\177\n\013ScoringMode\022" +
+      "\034\n\030SCORING_MODE_UNSPECIFIED\020\000\022\026\n\022SCORING" +
+      "_MODE_HEADS\020\001\022!\n\035SCORING_MODE_QUERY_LIKE" +
+      "LIHOOD\020\002\022\027\n\023SCORING_MODE_COSINE\020\0032\212\002\n\rRe" +
+      "rankService\022E\n\006Rerank\022\034.matryoshka.v1.Re" +
+      "rankRequest\032\035.matryoshka.v1.RerankRespon" +
+      "se\022Y\n\014StreamRerank\022\".matryoshka.v1.Strea" +
+      "mRerankRequest\032#.matryoshka.v1.StreamRer" +
+      "ankResponse0\001\022W\n\014GetModelInfo\022\".matryosh" +
+      "ka.v1.GetModelInfoRequest\032#.matryoshka.v" +
+      "1.GetModelInfoResponseB\206\001\n\030dev.matryoshk" +
+      "a.rerank.v1B\022RerankServiceProtoP\001ZTgithu" +
+      "b.com/matryoshka-rerank/matryoshka-reran" +
+      "k/clients/go/matryoshka/v1;matryoshkav1b" +
+      "\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -367,7 +368,7 @@ public final class RerankServiceProto {
     internal_static_matryoshka_v1_ModelInfo_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessageV3.FieldAccessorTable(
         internal_static_matryoshka_v1_ModelInfo_descriptor,
-        new java.lang.String[] { "Name", "Family", "NumLayers", "HiddenSize", "HeadLayers", "Scoring", "MergeRatios", "Limits", "DefaultTruncation", "CalibrationVersion", "Fingerprint", "TemplateVersion", "IsDefault", "Dtype", });
+        new java.lang.String[] { "Name", "Family", "NumLayers", "HiddenSize", "HeadLayers", "Scoring", "MergeRatios", "Limits", "DefaultTruncation", "CalibrationVersion", "Fingerprint", "TemplateVersion", "IsDefault", "Dtype", "BudgetPlan", });
     internal_static_matryoshka_v1_ModelLimits_descriptor =
       getDescriptor().getMessageTypes().get(20);
     internal_static_matryoshka_v1_ModelLimits_fieldAccessorTable = new
