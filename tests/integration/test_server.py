@@ -90,6 +90,8 @@ def test_get_model_info(default_server: ServerProcess) -> None:
     assert (info.name, info.num_layers, info.is_default) == ("smollm2-135m", 30, True)
     assert info.dtype == "float32"  # the tests' servers set MATRYOSHKA_DTYPE=float32
     assert len(info.fingerprint) == 64
+    # the shipped artifact's budget plan (docs/results.md, issue #17): the first stage's top 50 run
+    assert info.budget_plan == "adaptive: full depth, first stage top 50"
 
 
 def test_reflection_lists_the_service(default_server: ServerProcess) -> None:

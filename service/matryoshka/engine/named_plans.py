@@ -14,13 +14,16 @@ Named plans, built from the model's shape (L = num_layers):
   thirds (for SmolLM2-135M: /2 after 10, /4 after 20), full depth; `lean-short` stops every candidate
   at the head at or below five sixths of the depth (layer 25). Measured in docs/results.md (issue
   #17): they save 33-41% of FLOPs but lose quality, below BM25 on held-out SciFact even fused with the
-  first stage, so a budget-only request still runs the full plan under its budget.
+  first stage.
 Depths snap to the nearest head layer at or below the wanted one (every layer has a head by default).
 
 An artifact may define any of these names for its own model (ModelInfo.plans, a PlanSpec each): the
 sub-structures it was trained for and selected on held-out data, e.g. the split-pair MiniLM's `light`
 and `adaptive` are width schedules its H-LoRA compensates, `adaptive` with a top-30 cascade from layer
-4, because its shallow layers do not rank (docs/results.md, issue #16). Such a definition replaces the
+4, because its shallow layers do not rank (docs/results.md, issue #16); the shipped SmolLM2's `light` and
+`adaptive` run only the first stage's top 30 / top 50 to full depth (FirstStageExit), because its cut
+depths and widths lose to BM25 while the first stage's tail rarely reaches the top (issue #17); its
+`adaptive` is also its budget plan (ModelInfo.budget_plan). Such a definition replaces the
 generic one; where it has a confidence exit, the thresholds still come from ExitConfig (and the first
 layer, when ExitConfig's is None, from the definition).
 """

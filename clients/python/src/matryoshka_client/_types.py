@@ -247,3 +247,4 @@ class ModelInfo:
     template_version: str
     is_default: bool
     dtype: str = ""  # "float32" or "bfloat16" ("" if the server does not say)
+    budget_plan: str = ""  # what a budget-only request runs, e.g. "adaptive: full depth, ..." ("" = full)

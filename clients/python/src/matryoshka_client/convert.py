@@ -345,4 +345,5 @@ def to_model_info(m: pb.ModelInfo) -> ModelInfo:
         template_version=m.template_version,
         is_default=m.is_default,
         dtype=m.dtype,
+        budget_plan=m.budget_plan,
     )
