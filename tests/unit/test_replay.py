@@ -4,6 +4,7 @@ exactly as the engine running that plan does; the fusion fit picks the weight th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +112,28 @@ def test_fusion_fit_and_table(llama_model: MatryoshkaModel, tmp_path: Path) -> N
         assert flops == pytest.approx(flops_two, rel=1e-12)
     cut = next(line for line in lines if line.startswith("first stage top 2 "))
     assert cut.split()[-2] == f"{replay(rec, cut_plan).flops_saved:.1%}"
+
+
+def test_the_table_says_what_share_of_the_full_gain_a_plan_keeps(
+    llama_model: MatryoshkaModel, tmp_path: Path
+) -> None:
+    rec = recorded(llama_model, tmp_path)
+    # judged relevant: the document the full plan ranks the most places above the first stage's rank
+    last = llama_model.info.num_layers
+
+    def promoted(rows: list[dict[str, Any]]) -> str:
+        by_head = sorted(rows, key=lambda r: -r["prob"][str(last)])
+        by_first = sorted(rows, key=lambda r: -r["first_stage"])
+        return max(rows, key=lambda r: by_first.index(r) - by_head.index(r))["doc"]
+
+    qrels = {q: {promoted(rows): 1} for q, rows in rec.queries.items()}
+    weights = {layer: 1.0 for layer in llama_model.info.head_layers}  # fused = the head's order
+    lines = replay_table(rec, qrels, weights, (0.0,), (0.1,), (1,))
+    first = float(lines[1].split()[-1])
+    full = next(line for line in lines if line.startswith(f"depth {last} ")).split()
+    assert float(full[-4]) > first  # a gain to keep a share of
+    assert full[-3] == "100.0%"
+    gain = float(full[-4]) - first
+    for line in lines[2:]:  # (from nDCG printed to 4 places, the share to 1)
+        fused, kept = float(line.split()[-4]), line.split()[-3]
+        assert float(kept.rstrip("%")) == pytest.approx(100 * (fused - first) / gain, rel=0.01, abs=0.2)

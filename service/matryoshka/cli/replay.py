@@ -70,7 +70,7 @@ def replay_command(
     ] = None,
 ) -> None:
     """nDCG@10 and FLOPs saved of depth, cascade and exit plans replayed on each recording, ranked by
-    probability and fused with the first stage."""
+    probability and fused with the first stage, and the share of the fused full plan's gain kept."""
     from matryoshka.eval.replay import load_recording, replay_table
 
     weights = _fusion_weights(backbone(model), artifact)
