@@ -161,11 +161,14 @@ def test_sweep_writes_csv_and_png(eval_collection: Path, tmp_path: Path, loaded:
         rows = list(csv.DictReader(handle))
     families = [r["family"] for r in rows]
     # tiny model, 4 layers: first stage + 4 depths + 3 widths + 3 joint + 3 thresholds + 2 lean
-    assert (
-        families
-        == ["first_stage"] + ["depth"] * 4 + ["width"] * 3 + ["joint"] * 3 + ["exit"] * 3 + ["lean"] * 2
-    )
-    assert [r["exit_irrelevant"] for r in rows[-5:-2]] == ["0.1", "0.5", "0.9"]
+    # + 3 first-stage exits
+    expected = ["first_stage"] + ["depth"] * 4 + ["width"] * 3 + ["joint"] * 3 + ["exit"] * 3
+    assert families == expected + ["lean"] * 2 + ["first_stage_exit"] * 3
+    assert [r["exit_irrelevant"] for r in rows[-8:-5]] == ["0.1", "0.5", "0.9"]
+    cuts = rows[-3:]
+    assert [r["plan"] for r in cuts] == [f"depth 4, first stage top {k}" for k in (20, 30, 50)]
+    # top 3 re-ranked: every pool is within n, so each cut runs the full plan's documents
+    assert all(r["ndcg@10"] == rows[1]["ndcg@10"] and float(r["flops_saved"]) == 0.0 for r in cuts)
     assert (out / "sweep.png").stat().st_size > 10_000
     assert f"wrote {out / 'sweep.csv'}" in stdout
 

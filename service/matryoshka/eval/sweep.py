@@ -6,7 +6,9 @@ for four families of plans (L = num_layers, s = max(1, L // 6)):
 - exit: full depth with a confidence exit from L // 2 on, relevant at p >= 0.99 and irrelevant at
   p <= t for each threshold t;
 - lean: full depth, the passage halved after layer a and halved again after b, for (a, b) in
-  (s, 3s), (2s, 4s), (3s, 5s), and the named `lean-short` plan (engine/named_plans.py).
+  (s, 3s), (2s, 4s), (3s, 5s), and the named `lean-short` plan (engine/named_plans.py);
+- first_stage_exit: full depth and width for the first stage's top n only (the cascade's layer 0,
+  FirstStageExit), n in FIRST_STAGE_TOP (a pool of at most n documents runs whole).
 Depths snap to head layers. Every point re-ranks the same top-k lists as the comparison; time saved
 is 1 - seconds / seconds(full), all measured in one process (the full plan runs first).
 """
@@ -22,14 +24,15 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from matryoshka.engine.named_plans import describe_plan, head_at_or_below, named_plan
-from matryoshka.engine.plan import ConfidenceExit, Plan
+from matryoshka.engine.plan import ConfidenceExit, FirstStageExit, Plan
 from matryoshka.engine.reranker import Reranker
 from matryoshka.eval.metrics import evaluate
 from matryoshka.eval.rerank_run import EvalInput, run_plan
 from matryoshka.model.matryoshka_model import ModelInfo
 from matryoshka.model.width import WidthTarget
 
-FAMILIES = ("depth", "width", "joint", "exit", "lean")
+FAMILIES = ("depth", "width", "joint", "exit", "lean", "first_stage_exit")
+FIRST_STAGE_TOP = (20, 30, 50)
 DEFAULT_THRESHOLDS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 CSV_NAME = "sweep.csv"
 PNG_NAME = "sweep.png"
@@ -97,6 +100,10 @@ def sweep_points(
             width = {a: WidthTarget(ratio=2.0), b: WidthTarget(ratio=2.0)}
             points.append(SweepPoint("lean", f"width /2 after {a}, /4 after {b}", Plan(width=width)))
     points.append(SweepPoint("lean", "lean-short", named_plan("lean-short", info)))
+    points += [
+        SweepPoint("first_stage_exit", f"first stage top {k}", Plan(first_stage=FirstStageExit(top_n=k)))
+        for k in FIRST_STAGE_TOP
+    ]
     return points
 
 
@@ -177,7 +184,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     for ax, x_key, x_label in zip(
         axes, ("flops_saved", "time_saved"), ("FLOPs saved", "measured time saved"), strict=True
     ):
-        for family, marker in zip(FAMILIES, "osD^v", strict=True):
+        for family, marker in zip(FAMILIES, "osD^vP", strict=True):
             points = sorted(
                 (float(r[x_key]), float(r["ndcg@10"]))
                 for r in rows
