@@ -280,21 +280,20 @@ class JobRun:
         rows: list[int] = []
         for d in order[cut.top_n :]:
             rows += self.grouping.rows[d].tolist() if self.grouping is not None else [d]
-        index = torch.tensor(rows, dtype=torch.long)
-        self.prob[index] = 0.0
-        self.logit[index] = -math.inf
-        self.exit_layer[index] = 0
-        self.active[index] = False
-        for r in rows:
-            self.reason[r] = ExitReason.CASCADE
+        self._unscored(torch.tensor(rows, dtype=torch.long))
+        self.exit(dict.fromkeys(rows, ExitReason.CASCADE))
+
+    def _unscored(self, rows: Tensor) -> None:
+        """`rows` (indices or a mask) answer without a score: probability 0 at exit layer 0, which ranks
+        them by their first-stage place (engine/fusion.py), else after every scored row in input order."""
+        self.prob[rows] = 0.0
+        self.logit[rows] = -math.inf
+        self.exit_layer[rows] = 0
 
     def stop_for_budget(self) -> None:
         """Every running row exits BUDGET with its latest score; rows never scored (probability 0, exit
         layer 0) keep their first-stage place where the job has first-stage scores, else the input order."""
-        unscored = torch.isnan(self.prob) & self.active
-        self.prob[unscored] = 0.0
-        self.logit[unscored] = -math.inf
-        self.exit_layer[unscored] = 0
+        self._unscored(torch.isnan(self.prob) & self.active)
         self.exit({int(i): ExitReason.BUDGET for i in self.active.nonzero().flatten()})
         self.partial = True
         self.buckets = []

@@ -113,7 +113,7 @@ def to_call(
     _check_enums(req, add)
     truncation = _truncation(req, settings, add)
     width = _width(req, add)
-    confidence, cascade = _early_exit(req, add)
+    confidence, cascade, first_stage_exit = _early_exit(req, add)
     budget = _budget(req, add)
     chunking = _chunking(req, settings, add)
     min_score = req.min_score if req.HasField("min_score") else None
@@ -128,7 +128,7 @@ def to_call(
         confidence=confidence,
         cascade=cascade,
         budget=budget,
-        first_stage=_first_stage_exit(req),
+        first_stage=first_stage_exit,
     )
     shaped = req.depth or req.width or req.HasField("early_exit")
     if budget is not None and not shaped and info.budget_plan is not None:
@@ -248,13 +248,11 @@ def _width(req: pb.RerankRequest, add: Add) -> dict[int, WidthTarget]:
     return width
 
 
-def _first_stage_exit(req: pb.RerankRequest) -> FirstStageExit | None:
-    """early_exit.first_stage (its top_n is checked by Plan.resolve)."""
-    ee = req.early_exit
-    return FirstStageExit(top_n=ee.first_stage.top_n) if ee.HasField("first_stage") else None
+Exits = tuple[ConfidenceExit | None, CascadeExit | None, FirstStageExit | None]
 
 
-def _early_exit(req: pb.RerankRequest, add: Add) -> tuple[ConfidenceExit | None, CascadeExit | None]:
+def _early_exit(req: pb.RerankRequest, add: Add) -> Exits:
+    """early_exit's policies (first_stage.top_n is checked by Plan.resolve)."""
     confidence = cascade = None
     ee = req.early_exit
     if ee.HasField("confidence"):
@@ -279,7 +277,8 @@ def _early_exit(req: pb.RerankRequest, add: Add) -> tuple[ConfidenceExit | None,
             patience=c2.patience or CascadeExit(top_n=1).patience,
             min_layer=c2.min_layer or 1,
         )
-    return confidence, cascade
+    first_stage = FirstStageExit(top_n=ee.first_stage.top_n) if ee.HasField("first_stage") else None
+    return confidence, cascade, first_stage
 
 
 def _budget(req: pb.RerankRequest, add: Add) -> Budget | None:
